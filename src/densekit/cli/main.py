@@ -1,0 +1,41 @@
+"""The ``densekit`` command: one sub-command per module in this package, each a thin wrapper of the API."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from densekit.errors import DensekitError
+
+# sub-command -> (module, one-line help)
+COMMANDS = {
+    "evaluate": ("densekit.cli.evaluate", "encode a corpus and queries, search, score: run.trec + metrics.json"),
+    "demo": ("densekit.cli.demo", "evaluate the bundled MiniLM on the built-in demo collection (no download)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: densekit <command> [options]   (densekit <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"densekit: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.run(rest) or 0)
+    except DensekitError as error:
+        print(f"densekit {name}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

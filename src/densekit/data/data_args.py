@@ -1,0 +1,40 @@
+"""DataArguments: how queries and passages are turned into model inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from densekit.errors import ConfigError
+
+
+@dataclass
+class DataArguments:
+    """Options for reading and tokenizing retrieval data (parsed by ``HfArgumentParser`` too).
+
+    ``dataset_name`` lets an encoder format inputs per dataset (for example a task instruction for
+    E5-mistral style models). ``query_max_len`` / ``passage_max_len`` are token budgets after special
+    tokens; ``None`` means the model's own limit (from a sentence-transformers config when there is one).
+    """
+
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Name passed to the model's formatting."})
+    group_size: int = field(default=8, metadata={"help": "Documents per query in a training/eval group."})
+    query_max_len: Optional[int] = field(default=None, metadata={"help": "Max query length in tokens."})
+    passage_max_len: Optional[int] = field(default=None, metadata={"help": "Max passage length in tokens."})
+    passage_selection_strategy: str = field(
+        default="most_relevant",
+        metadata={"help": "How MultiLevelDataset picks group_size documents: most_relevant or random."},
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for sampling passages (combined with epoch and index)."})
+
+    def __post_init__(self) -> None:
+        for name in ("query_max_len", "passage_max_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be a positive number of tokens, got {value}.")
+        if self.group_size < 1:
+            raise ConfigError(f"group_size must be at least 1, got {self.group_size}.")
+        if self.passage_selection_strategy not in ("most_relevant", "random"):
+            raise ConfigError(
+                f"passage_selection_strategy={self.passage_selection_strategy!r} is unknown; "
+                "use 'most_relevant' or 'random'."
+            )

@@ -1,0 +1,63 @@
+"""EvaluationArguments: options of encoding, search and scoring (a ``transformers.TrainingArguments``).
+
+It subclasses TrainingArguments so that launchers, ``HfArgumentParser`` and distributed setup work as
+for training; of the inherited options, evaluation reads ``output_dir``, ``per_device_eval_batch_size``,
+``report_to``, ``fp16``/``bf16`` (autocast while encoding), ``dataloader_num_workers`` and the process
+and device fields. Everything else is ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from densekit.errors import ConfigError
+
+
+@dataclass
+class EvaluationArguments(TrainingArguments):
+    """Options for :class:`densekit.RetrievalEvaluator`.
+
+    ``per_device_matmul_batch_size`` is the number of corpus vectors scored against the queries in one
+    matrix product of the streaming top-k search: larger is faster, memory grows with it.
+    ``precompute_corpus_embs`` encodes the whole corpus before searching (fastest with a cache); otherwise
+    encoding and search are interleaved block by block so memory stays bounded by the block size.
+    """
+
+    output_dir: Optional[str] = field(default="./densekit_eval", metadata={"help": "Where results are written."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Texts per encoder forward pass."})
+    per_device_matmul_batch_size: int = field(
+        default=40_960, metadata={"help": "Corpus vectors per similarity matmul in the top-k search."}
+    )
+    search_topk: int = field(default=1000, metadata={"help": "Documents retrieved per query."})
+    precompute_corpus_embs: bool = field(
+        default=False, metadata={"help": "Encode the whole corpus before searching instead of block by block."}
+    )
+    encoding_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder of the embedding cache shared by encode/evaluate/mine."}
+    )
+    broadcast_output: bool = field(
+        default=True, metadata={"help": "In distributed runs, give every rank the results (False: rank 0 only)."}
+    )
+    measures: list[str] = field(
+        default_factory=lambda: ["nDCG@10", "Recall@100", "MRR@10", "MAP"],
+        metadata={"help": "IR measures, e.g. ndcg_cut.10 recall.100 recip_rank P.10 map or nDCG@10 MRR@10."},
+    )
+    run_tag: str = field(default="densekit", metadata={"help": "Tag written in the last column of run.trec."})
+    encoding_block_size: int = field(
+        default=16_384, metadata={"help": "Corpus texts encoded per block between search/checkpoint steps."}
+    )
+    report_to: Optional[list[str] | str] = field(default="none", metadata={"help": "Where to log metrics."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.search_topk < 1:
+            raise ConfigError(f"search_topk must be >= 1, got {self.search_topk}.")
+        if self.per_device_matmul_batch_size < 1:
+            raise ConfigError("per_device_matmul_batch_size must be >= 1.")
+        if self.encoding_block_size < 1:
+            raise ConfigError("encoding_block_size must be >= 1.")
+        from densekit.evaluation.metrics import parse_measures
+
+        parse_measures(self.measures)  # fail now on an unknown measure name, not after encoding

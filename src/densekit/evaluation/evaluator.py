@@ -1,0 +1,174 @@
+"""RetrievalEvaluator: encode a corpus and its queries, search exactly, score the run, write the results.
+
+The evaluator only wires the pieces together; each is usable alone: :mod:`densekit.evaluation.encoding`
+(batched encoding), :mod:`densekit.evaluation.embeddings` (the shared cache),
+:mod:`densekit.search` (streaming top-k), :mod:`densekit.evaluation.metrics` (trec_eval-exact measures)
+and :mod:`densekit.evaluation.output` (run, metrics and summary files).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from densekit.cache import EmbeddingCache
+from densekit.data.collator import RetrievalCollator
+from densekit.data.datasets import MultiLevelDataset
+from densekit.errors import ConfigError
+from densekit.evaluation.embeddings import Embedder, model_fingerprint
+from densekit.evaluation.encoding import encode_texts
+from densekit.evaluation.evaluation_args import EvaluationArguments
+from densekit.evaluation.metrics import MetricResults, compute_metrics
+from densekit.evaluation.output import write_evaluation
+from densekit.search.topk import FastResultHeapq
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchOutput:
+    """Top-k lists of a query set: rows follow ``query_ids``; ``indices`` point into ``doc_ids`` (-1 = none)."""
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    scores: np.ndarray
+    indices: np.ndarray
+
+
+class RetrievalEvaluator:
+    """Evaluate a bi-encoder on a :class:`MultiLevelDataset` (all judged queries against its whole corpus).
+
+    Args mirror ``transformers.Trainer``: ``args`` (:class:`EvaluationArguments`), ``model``
+    (a :class:`densekit.BiEncoderRetriever`), ``tokenizer``, ``data_collator``
+    (:class:`densekit.RetrievalCollator`, gives max lengths and eos handling) and ``eval_dataset``.
+    """
+
+    def __init__(
+        self,
+        args: EvaluationArguments,
+        model: torch.nn.Module,
+        tokenizer: Any = None,
+        data_collator: Optional[RetrievalCollator] = None,
+        eval_dataset: Optional[MultiLevelDataset] = None,
+        processing_class: Any = None,
+    ) -> None:
+        self.args = args
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else processing_class
+        if self.tokenizer is None:
+            raise ConfigError("RetrievalEvaluator needs the model's tokenizer (tokenizer=...).")
+        if eval_dataset is not None and not isinstance(eval_dataset, MultiLevelDataset):
+            raise ConfigError(
+                f"eval_dataset must be a MultiLevelDataset, got {type(eval_dataset).__name__}: evaluation "
+                "ranks the whole corpus for every judged query (a BinaryDataset only knows sampled groups)."
+            )
+        self.eval_dataset = eval_dataset
+        self.data_collator = data_collator or RetrievalCollator(
+            data_args=eval_dataset.data_args if eval_dataset is not None else None,
+            tokenizer=self.tokenizer,
+            append_eos=getattr(model, "append_eos_token", False),
+        )
+        self.device = torch.device(args.device) if hasattr(args, "device") else torch.device("cpu")
+        self._embedder: Optional[Embedder] = None
+
+    # ----------------------------------------------------------------------------------- encoding
+    def _max_len(self, kind: str) -> Optional[int]:
+        data_args = self.data_collator.data_args
+        explicit = getattr(data_args, "query_max_len" if kind == "query" else "passage_max_len", None)
+        return explicit or getattr(getattr(self.model, "encoder", self.model), "max_length", None)
+
+    def _encode(self, texts, kind: str) -> np.ndarray:
+        return encode_texts(
+            self.model, self.tokenizer, texts, kind=kind, batch_size=self.args.per_device_eval_batch_size,
+            max_len=self._max_len(kind), append_eos=self.data_collator.append_eos, device=self.device,
+            show_progress=not self.args.disable_tqdm, desc=f"encoding {kind}s",
+        )
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self.model.to(self.device).eval()
+            cache = None
+            if self.args.encoding_cache_dir:
+                cache = EmbeddingCache(self.args.encoding_cache_dir, block_size=self.args.encoding_block_size)
+            # Query and passage lengths may differ, so the fingerprint carries both.
+            key = model_fingerprint(self.model, (self._max_len("query"), self._max_len("passage")),
+                                    bool(self.data_collator.append_eos))
+            self._embedder = Embedder(self._encode, key, cache=cache, block_size=self.args.encoding_block_size)
+        return self._embedder
+
+    def _dataset(self, dataset: Optional[MultiLevelDataset]) -> MultiLevelDataset:
+        dataset = dataset if dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ConfigError("No dataset: pass eval_dataset to RetrievalEvaluator or to this method.")
+        return dataset
+
+    def _query_texts(self, dataset: MultiLevelDataset) -> list[str]:
+        return [dataset.formatted_query(q) for q in dataset.query_ids]
+
+    def _corpus_texts(self, dataset: MultiLevelDataset) -> list[str]:
+        return [dataset.formatted_passage(i) for i in range(len(dataset.corpus))]
+
+    def encode(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, int]:
+        """Encode the dataset's judged queries and its corpus into ``encoding_cache_dir`` and stop there."""
+        if not self.args.encoding_cache_dir:
+            raise ConfigError("encode() keeps embeddings in the cache: set EvaluationArguments.encoding_cache_dir.")
+        dataset = self._dataset(eval_dataset)
+        start = self.embedder.rows_encoded
+        self.embedder.embed(dataset.query_ids, self._query_texts(dataset), "query", name=dataset.query_cache)
+        self.embedder.embed(list(dataset.corpus.ids), self._corpus_texts(dataset), "passage",
+                            name=dataset.corpus_cache)
+        encoded = self.embedder.rows_encoded - start
+        print(f"densekit encode: {len(dataset.query_ids)} queries, {len(dataset.corpus)} documents; "
+              f"{encoded} texts encoded, the rest reused from {self.args.encoding_cache_dir}")
+        return {"queries": len(dataset.query_ids), "documents": len(dataset.corpus), "encoded": encoded}
+
+    # ------------------------------------------------------------------------------------- search
+    def search(self, eval_dataset: Optional[MultiLevelDataset] = None, topk: Optional[int] = None) -> SearchOutput:
+        """Exact top-k documents for every judged query of the dataset."""
+        dataset = self._dataset(eval_dataset)
+        topk = topk or self.args.search_topk
+        query_embs = self.embedder.embed(dataset.query_ids, self._query_texts(dataset), "query",
+                                         name=dataset.query_cache)
+        queries = torch.as_tensor(np.asarray(query_embs), device=self.device)
+        heap = FastResultHeapq(topk=topk, device=self.device)
+        chunk = self.args.per_device_matmul_batch_size
+
+        def score_block(start: int, block: np.ndarray) -> None:
+            block_t = torch.as_tensor(np.asarray(block), device=self.device)
+            with torch.inference_mode():
+                for offset in range(0, len(block_t), chunk):
+                    part = block_t[offset:offset + chunk]
+                    heap.add(queries @ part.T, offset=start + offset)
+
+        doc_ids = list(dataset.corpus.ids)
+        corpus_texts = self._corpus_texts(dataset)
+        if self.args.precompute_corpus_embs:
+            corpus_embs = self.embedder.embed(doc_ids, corpus_texts, "passage", name=dataset.corpus_cache)
+            score_block(0, corpus_embs)
+        else:
+            self.embedder.embed(doc_ids, corpus_texts, "passage", name=dataset.corpus_cache, on_block=score_block)
+        scores, indices = heap.results()
+        return SearchOutput(query_ids=list(dataset.query_ids), doc_ids=doc_ids,
+                            scores=scores.cpu().numpy(), indices=indices.cpu().numpy())
+
+    # --------------------------------------------------------------------------------- evaluation
+    def evaluate(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, float]:
+        """Search, score with ``args.measures``, write run.trec / metrics.json; return the aggregate metrics."""
+        began = time.perf_counter()
+        dataset = self._dataset(eval_dataset)
+        result = self.search(dataset)
+        metrics: MetricResults = compute_metrics(
+            dataset.qrels, result.query_ids, result.indices, result.scores, result.doc_ids,
+            measures=self.args.measures,
+        )
+        seconds = time.perf_counter() - began
+        write_evaluation(Path(self.args.output_dir), result, metrics, tag=self.args.run_tag, seconds=seconds,
+                         settings={"search_topk": self.args.search_topk,
+                                   "num_queries": len(result.query_ids), "num_documents": len(result.doc_ids)})
+        return dict(metrics.aggregate)

@@ -1,0 +1,420 @@
+"""IR metrics of a search result, computed on numpy arrays with exactly trec_eval's semantics.
+
+Search gives a matrix of corpus indices and scores per query; turning that into ``{qid: {docid: score}}``
+dicts for pytrec_eval costs more than the evaluation itself. Here the judgments become integer arrays once,
+the relevance of every retrieved document is looked up with ``searchsorted`` and every measure is a
+handful of array operations, so a 10,000 x 1,000 run is scored in about a second.
+
+The numbers are those of ``pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)`` (trec_eval 9,
+relevance level 1), query by query:
+
+* Ranking: score descending, ties broken by document id descending (byte-wise string order), whatever
+  the order of the input. Padding entries (index -1) are not part of the run.
+* A document is relevant when its judgment is >= 1; nDCG uses the judgment itself as gain (judgments <= 0
+  and unjudged documents gain nothing) and the ideal ranking of all judged documents of the query, also
+  those that were not retrieved or are not in ``doc_ids``.
+* Evaluated queries (the ones in ``per_query`` and in the mean) are the queries of the run that have at
+  least one judgment in qrels, even if nothing was retrieved for them (all padding: every measure 0).
+  Run queries without judgments are left out, and so are qrels queries absent from the run (trec_eval
+  without ``-c``); both are counted in :class:`MetricResults` so that a mismatch is visible.
+* ``P@k`` divides by k even when fewer than k documents were retrieved; ``Recall@k``, ``MAP`` and
+  ``MAP@k`` divide by the number of relevant judgments (0 when there are none); ``MRR@k`` is trec_eval's
+  ``recip_rank`` on the run cut to its first k documents.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from densekit.errors import ConfigError, InputError
+
+MeasureKind = Literal["ndcg", "recall", "precision", "mrr", "map"]
+
+DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@10", "Recall@100", "MRR@10", "MAP")
+
+# Entries (rows x depth) handled at once: bounds the memory of the temporary arrays.
+_BLOCK_ENTRIES = 1 << 21
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One measure, with an optional rank cutoff; ``name`` is the single name used in every output."""
+
+    kind: MeasureKind
+    cutoff: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        base = {"ndcg": "nDCG", "recall": "Recall", "precision": "P", "mrr": "MRR", "map": "MAP"}[self.kind]
+        return base if self.cutoff is None else f"{base}@{self.cutoff}"
+
+    @property
+    def trec_name(self) -> Optional[str]:
+        """The trec_eval measure computing the same number (None for MRR@k, which trec_eval lacks)."""
+        if self.kind == "mrr":
+            return "recip_rank" if self.cutoff is None else None
+        if self.cutoff is None:
+            return self.kind  # "ndcg" or "map"
+        base = {"ndcg": "ndcg_cut", "recall": "recall", "precision": "P", "map": "map_cut"}[self.kind]
+        return f"{base}.{self.cutoff}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# lower-cased base name -> (kind, cutoff required)
+_BASES: dict[str, tuple[MeasureKind, bool]] = {
+    "ndcg_cut": ("ndcg", True), "ndcg": ("ndcg", False),
+    "recall": ("recall", True), "r": ("recall", True),
+    "p": ("precision", True), "precision": ("precision", True),
+    "recip_rank": ("mrr", False), "mrr": ("mrr", False),
+    "map_cut": ("map", True), "map": ("map", False),
+}
+_NAME_RE = re.compile(r"^\s*([A-Za-z_]+?)(?:[._@](\d+(?:,\d+)*))?\s*$")
+_ACCEPTED = (
+    "trec_eval names (ndcg_cut.10, recall.100, P.10, map, map_cut.100, recip_rank, ndcg; "
+    "several cutoffs as ndcg_cut.10,100), the same with '_' (ndcg_cut_10) and friendly names "
+    "(nDCG@10, ndcg@10, Recall@100, R@100, P@10, MRR@10, MRR, MAP, MAP@100); names are case-insensitive"
+)
+
+
+def parse_measures(names: Union[str, Measure, Iterable[Union[str, Measure]], None]) -> list[Measure]:
+    """Turn measure names in any accepted spelling into :class:`Measure` objects, in order, without repeats.
+
+    ``None`` gives :data:`DEFAULT_MEASURES`. An unknown name raises :class:`ConfigError` listing the
+    accepted spellings.
+    """
+    if names is None:
+        names = DEFAULT_MEASURES
+    if isinstance(names, (str, Measure)):
+        names = [names]
+    parsed: list[Measure] = []
+    for name in names:
+        for measure in _parse_one(name):
+            if measure not in parsed:
+                parsed.append(measure)
+    if not parsed:
+        raise ConfigError(f"No measure given. Accepted: {_ACCEPTED}.")
+    return parsed
+
+
+def _parse_one(name: Union[str, Measure]) -> list[Measure]:
+    if isinstance(name, Measure):
+        return [name]
+    if not isinstance(name, str):
+        raise ConfigError(f"Measure names are strings, got {name!r} ({type(name).__name__}). Accepted: {_ACCEPTED}.")
+    match = _NAME_RE.match(name)
+    entry = _BASES.get(match.group(1).lower()) if match else None
+    if entry is None:
+        raise ConfigError(f"Unknown measure {name!r}. Accepted: {_ACCEPTED}.")
+    kind, needs_cutoff = entry
+    cutoffs = [int(c) for c in match.group(2).split(",")] if match.group(2) else []
+    if needs_cutoff and not cutoffs:
+        raise ConfigError(f"Measure {name!r} needs a rank cutoff, e.g. '{match.group(1)}@10'. Accepted: {_ACCEPTED}.")
+    if any(c < 1 for c in cutoffs):
+        raise ConfigError(f"Measure {name!r}: the rank cutoff must be a positive integer.")
+    return [Measure(kind, c) for c in cutoffs] if cutoffs else [Measure(kind, None)]
+
+
+@dataclass
+class MetricResults:
+    """Mean and per-query values of each measure, keyed by the measure's canonical name.
+
+    ``aggregate`` is the mean over the ``num_queries`` evaluated queries (see the module docstring);
+    ``per_query`` maps measure name -> query id -> value.
+    """
+
+    aggregate: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    num_queries: int
+    run_queries_without_judgments: int = 0
+    judged_queries_missing_from_run: int = 0
+    measures: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """A plain dict (``json.dump``-able) with the same fields."""
+        return {
+            "aggregate": dict(self.aggregate),
+            "per_query": {m: dict(v) for m, v in self.per_query.items()},
+            "num_queries": self.num_queries,
+            "run_queries_without_judgments": self.run_queries_without_judgments,
+            "judged_queries_missing_from_run": self.judged_queries_missing_from_run,
+            "measures": list(self.measures),
+        }
+
+
+@dataclass
+class _Judgments:
+    """The qrels of the evaluated queries as arrays; rows are positions among the evaluated queries."""
+
+    keys: np.ndarray        # sorted int64 row * num_docs + corpus index, judged docs present in the corpus
+    rels: np.ndarray        # int64 judgment of each key
+    judged_doc: np.ndarray  # bool (num_docs + 1,): judged for some query; the last slot serves index -1
+    num_rel: np.ndarray     # int64 (rows,): judgments >= 1, including docs absent from the corpus
+    gain_rows: np.ndarray   # row of each positive judgment, sorted by (row, gain descending)
+    gain_rank: np.ndarray   # 0-based position of that judgment in the ideal ranking of its row
+    gains: np.ndarray       # float64 gain (= judgment) of each positive judgment
+
+
+def compute_metrics(
+    qrels: Mapping[str, Mapping[str, int]],
+    query_ids: Sequence[str],
+    doc_indices: np.ndarray,
+    scores: np.ndarray,
+    doc_ids: Sequence[str],
+    measures: Union[str, Iterable[Union[str, Measure]], None] = None,
+) -> MetricResults:
+    """Score a search result against qrels with trec_eval semantics.
+
+    ``doc_indices`` (n, k) holds indices into ``doc_ids`` (-1 marks padding) and ``scores`` (n, k) their
+    scores, in any order; row i belongs to ``query_ids[i]``. ``measures`` defaults to
+    nDCG@10, Recall@100, MRR@10, MAP.
+    """
+    measure_list = parse_measures(measures)
+    indices, values = _check_run(query_ids, doc_indices, scores, len(doc_ids))
+    evaluated = [i for i, q in enumerate(query_ids) if qrels.get(q)]
+    in_run = set(query_ids)
+    missing = sum(1 for q, judged in qrels.items() if judged and q not in in_run)
+    if not evaluated:
+        raise InputError(
+            f"None of the {len(query_ids)} run queries has a judgment in qrels "
+            f"(e.g. run query {query_ids[0]!r} vs qrels query {next(iter(qrels), None)!r}).",
+            fix="check that the run and the qrels use the same query ids (and the right split).",
+        )
+    rows = np.asarray(evaluated, dtype=np.int64)
+    qids = [query_ids[i] for i in evaluated]
+    judgments = _judgment_arrays(qrels, qids, doc_ids)
+    if len(evaluated) < len(query_ids):
+        indices, values = indices[rows], values[rows]
+
+    out = {m: np.zeros(len(qids), dtype=np.float64) for m in measure_list}
+    step = max(1, _BLOCK_ENTRIES // max(1, indices.shape[1]))
+    for start in range(0, len(qids), step):
+        stop = min(start + step, len(qids))
+        ranked = _trec_order(indices[start:stop], values[start:stop], doc_ids)
+        rel = _relevance(ranked, start, judgments, len(doc_ids))
+        for m, column in _measure_block(rel, start, judgments, measure_list).items():
+            out[m][start:stop] = column
+
+    return MetricResults(
+        aggregate={m.name: float(v.mean()) for m, v in out.items()},
+        per_query={m.name: dict(zip(qids, v.tolist())) for m, v in out.items()},
+        num_queries=len(qids),
+        run_queries_without_judgments=len(query_ids) - len(qids),
+        judged_queries_missing_from_run=missing,
+        measures=[m.name for m in measure_list],
+    )
+
+
+def evaluate_run_dict(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Mapping[str, float]],
+    measures: Union[str, Iterable[Union[str, Measure]], None] = None,
+) -> MetricResults:
+    """Same as :func:`compute_metrics` for a run given as ``{qid: {docid: score}}`` (e.g. a TREC run file)."""
+    query_ids = list(run)
+    doc_pos: dict[str, int] = {}
+    depth = max((len(docs) for docs in run.values()), default=0)
+    indices = np.full((len(query_ids), depth), -1, dtype=np.int64)
+    values = np.zeros((len(query_ids), depth), dtype=np.float64)
+    for row, qid in enumerate(query_ids):
+        docs = run[qid]
+        ids = [doc_pos.setdefault(d, len(doc_pos)) for d in docs]
+        indices[row, : len(ids)] = ids
+        values[row, : len(ids)] = list(docs.values())
+    return compute_metrics(qrels, query_ids, indices, values, list(doc_pos), measures)
+
+
+def _check_run(query_ids: Sequence[str], doc_indices, scores, num_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes, ranges, ids and scores; return int64 indices and float64 scores."""
+    indices = np.asarray(doc_indices)
+    values = np.asarray(scores)
+    if indices.ndim != 2 or values.shape != indices.shape:
+        raise InputError(
+            f"doc_indices {indices.shape} and scores {values.shape} must be two matrices of the same shape "
+            "(queries x retrieved depth).", fix="pass the (n, k) arrays returned by search.")
+    if len(query_ids) != indices.shape[0]:
+        raise InputError(f"{len(query_ids)} query ids for {indices.shape[0]} rows of doc_indices.",
+                         fix="pass one query id per row of the search result.")
+    if indices.size and not np.issubdtype(indices.dtype, np.integer):
+        raise InputError(f"doc_indices must be integers, got dtype {indices.dtype}.",
+                         fix="pass the int64 indices returned by search.")
+    indices = indices.astype(np.int64, copy=False)
+    values = values.astype(np.float64, copy=False)
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < -1 or high >= num_docs:
+            bad = low if low < -1 else high
+            raise InputError(f"doc_indices contains {bad}, outside [-1, {num_docs}) (corpus of {num_docs} ids).",
+                             fix="use -1 for padding and indices into doc_ids otherwise.")
+    valid = indices >= 0
+    if not np.isfinite(values[valid]).all():
+        row = int(np.nonzero(~np.isfinite(np.where(valid, values, 0.0)))[0][0])
+        raise InputError(f"Score NaN or infinite for query {query_ids[row]!r} (row {row}).",
+                         fix="mark missing results with index -1 instead of a non-finite score.")
+    if len(set(query_ids)) != len(query_ids):
+        seen: set[str] = set()
+        dup = next(q for q in query_ids if q in seen or seen.add(q))
+        raise InputError(f"Query id {dup!r} appears in several rows.", fix="merge its results into one row.")
+    if indices.shape[1] > 1:
+        ordered = np.sort(indices, axis=1)
+        repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        if repeated.any():
+            row, col = (int(x[0]) for x in np.nonzero(repeated))
+            raise InputError(
+                f"Query {query_ids[row]!r} (row {row}) lists document index {int(ordered[row, col])} twice.",
+                fix="remove duplicate documents from each ranked list (trec_eval rejects them too).")
+    return indices, values
+
+
+def _judgment_arrays(qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str],
+                     doc_ids: Sequence[str]) -> _Judgments:
+    """Convert the judgments of the evaluated queries to arrays (one pass over the qrels, not the run)."""
+    position = {d: i for i, d in enumerate(doc_ids)}
+    num_docs = len(doc_ids)
+    rows: list[int] = []
+    docs: list[int] = []
+    rels: list[int] = []
+    for row, qid in enumerate(qids):
+        for doc, rel in qrels[qid].items():
+            try:
+                label = int(rel)
+            except (TypeError, ValueError):
+                label = None
+            if label is None or label != rel:
+                raise InputError(f"Judgment of query {qid!r}, document {doc!r} is {rel!r}, not an integer.",
+                                 fix="qrels relevance labels must be integers (trec_eval reads them as int).")
+            rows.append(row)
+            docs.append(position.get(doc, -1))
+            rels.append(label)
+    row_arr = np.asarray(rows, dtype=np.int64)
+    doc_arr = np.asarray(docs, dtype=np.int64)
+    rel_arr = np.asarray(rels, dtype=np.int64)
+
+    known = doc_arr >= 0
+    keys = row_arr[known] * num_docs + doc_arr[known]
+    order = np.argsort(keys, kind="stable")
+    judged_doc = np.zeros(num_docs + 1, dtype=bool)
+    judged_doc[doc_arr[known]] = True
+
+    num_rel = np.bincount(row_arr[rel_arr >= 1], minlength=len(qids)).astype(np.int64)
+    positive = rel_arr > 0
+    gain_rows, gains = row_arr[positive], rel_arr[positive]
+    ideal = np.lexsort((-gains, gain_rows))
+    gain_rows, gains = gain_rows[ideal], gains[ideal].astype(np.float64)
+    row_start = np.searchsorted(gain_rows, gain_rows, side="left")
+    gain_rank = np.arange(len(gain_rows), dtype=np.int64) - row_start
+    return _Judgments(keys=keys[order], rels=rel_arr[known][order], judged_doc=judged_doc, num_rel=num_rel,
+                      gain_rows=gain_rows, gain_rank=gain_rank, gains=gains)
+
+
+def _trec_order(indices: np.ndarray, values: np.ndarray, doc_ids: Sequence[str]) -> np.ndarray:
+    """Reorder each row as trec_eval does: score descending, then doc id descending; padding last.
+
+    Rows are sorted by score only; the (usually few) rows with tied scores are re-sorted with the string
+    rank of the tied documents as secondary key, computed on those documents alone.
+    """
+    valid = indices >= 0
+    neg = np.where(valid, -values, np.inf)
+    if indices.shape[1] > 1 and not (neg[:, 1:] >= neg[:, :-1]).all():
+        order = np.argsort(neg, axis=1, kind="stable")
+        indices = np.take_along_axis(indices, order, axis=1)
+        neg = np.take_along_axis(neg, order, axis=1)
+    if indices.shape[1] < 2:
+        return indices
+    tied = (neg[:, 1:] == neg[:, :-1]) & np.isfinite(neg[:, 1:])
+    tied_rows = np.flatnonzero(tied.any(axis=1))
+    if tied_rows.size == 0:
+        return indices
+    indices = indices.copy()
+    sub = indices[tied_rows]
+    sub_valid = sub >= 0
+    uniq = np.unique(sub[sub_valid])
+    names = np.asarray([doc_ids[i] for i in uniq.tolist()], dtype=str)
+    string_rank = np.empty(len(uniq), dtype=np.int64)
+    string_rank[np.argsort(names, kind="stable")] = np.arange(len(uniq))
+    rank = np.zeros(sub.shape, dtype=np.int64)
+    rank[sub_valid] = string_rank[np.searchsorted(uniq, sub[sub_valid])]
+    order = np.lexsort((-rank, neg[tied_rows]), axis=-1)
+    indices[tied_rows] = np.take_along_axis(sub, order, axis=1)
+    return indices
+
+
+def _relevance(ranked: np.ndarray, row_offset: int, judgments: _Judgments, num_docs: int) -> np.ndarray:
+    """Judgment of each ranked entry (0 for unjudged documents and padding), as an int64 matrix."""
+    rel = np.zeros(ranked.shape, dtype=np.int64)
+    r, c = np.nonzero(judgments.judged_doc[ranked])  # index -1 reads the always-False last slot
+    if r.size == 0 or judgments.keys.size == 0:
+        return rel
+    keys = (r + row_offset) * num_docs + ranked[r, c]
+    pos = np.minimum(np.searchsorted(judgments.keys, keys), judgments.keys.size - 1)
+    hit = judgments.keys[pos] == keys
+    rel[r[hit], c[hit]] = judgments.rels[pos[hit]]
+    return rel
+
+
+def _measure_block(rel: np.ndarray, row_offset: int, judgments: _Judgments,
+                   measures: Sequence[Measure]) -> dict[Measure, np.ndarray]:
+    """Every requested measure for a block of ranked rows, from the judgment matrix ``rel``."""
+    n, depth = rel.shape
+    rows = slice(row_offset, row_offset + n)
+    num_rel = judgments.num_rel[rows].astype(np.float64)
+    safe_num_rel = np.where(num_rel > 0, num_rel, 1.0)
+    relevant = rel >= 1
+    ranks = np.arange(1, depth + 1, dtype=np.float64)
+    cache: dict[str, np.ndarray] = {}
+
+    def cumulative(name: str) -> np.ndarray:
+        """Running sums along the ranking, computed once per block and shared by all cutoffs."""
+        if name not in cache:
+            if name == "hits":
+                cache[name] = np.cumsum(relevant, axis=1, dtype=np.int64)
+            elif name == "precision_sum":
+                cache[name] = np.cumsum(np.where(relevant, cumulative("hits") / ranks, 0.0), axis=1)
+            elif name == "dcg":
+                gain = np.where(rel > 0, rel, 0).astype(np.float64)
+                cache[name] = np.cumsum(gain / np.log2(ranks + 1.0), axis=1)
+        return cache[name]
+
+    def at(name: str, cutoff: Optional[int]) -> np.ndarray:
+        """Running sum at rank ``cutoff`` (the whole list when None or deeper than the list)."""
+        if depth == 0:
+            return np.zeros(n, dtype=np.float64)
+        column = depth if cutoff is None else min(cutoff, depth)
+        return cumulative(name)[:, column - 1].astype(np.float64)
+
+    first_hit = np.argmax(relevant, axis=1) if depth else np.zeros(n, dtype=np.int64)
+    any_hit = relevant.any(axis=1) if depth else np.zeros(n, dtype=bool)
+    out: dict[Measure, np.ndarray] = {}
+    for m in measures:
+        if m.kind == "precision":
+            out[m] = at("hits", m.cutoff) / m.cutoff
+        elif m.kind == "recall":
+            out[m] = np.where(num_rel > 0, at("hits", m.cutoff) / safe_num_rel, 0.0)
+        elif m.kind == "map":
+            out[m] = np.where(num_rel > 0, at("precision_sum", m.cutoff) / safe_num_rel, 0.0)
+        elif m.kind == "mrr":
+            found = any_hit if m.cutoff is None else any_hit & (first_hit < m.cutoff)
+            out[m] = np.where(found, 1.0 / (first_hit + 1.0), 0.0)
+        else:
+            ideal = _ideal_dcg(judgments, rows, m.cutoff)
+            out[m] = np.where(ideal > 0, at("dcg", m.cutoff) / np.where(ideal > 0, ideal, 1.0), 0.0)
+    return out
+
+
+def _ideal_dcg(judgments: _Judgments, rows: slice, cutoff: Optional[int]) -> np.ndarray:
+    """DCG of the best possible ranking of each query's judged documents, cut at ``cutoff``."""
+    lo, hi = np.searchsorted(judgments.gain_rows, [rows.start, rows.stop])
+    gain_rows = judgments.gain_rows[lo:hi] - rows.start
+    rank = judgments.gain_rank[lo:hi]
+    contribution = judgments.gains[lo:hi] / np.log2(rank + 2.0)
+    if cutoff is not None:
+        contribution = np.where(rank < cutoff, contribution, 0.0)
+    return np.bincount(gain_rows, weights=contribution, minlength=rows.stop - rows.start)
+
+
+__all__ = ["DEFAULT_MEASURES", "Measure", "MetricResults", "compute_metrics", "evaluate_run_dict",
+           "parse_measures"]

@@ -1,0 +1,40 @@
+"""Files an evaluation leaves behind: a TREC run, the metrics as JSON, a Markdown report, a summary line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from densekit.data.formats import write_run
+from densekit.files import atomic_write
+
+
+def summary_line(aggregate: dict[str, float], num_queries: int, num_documents: int, seconds: float) -> str:
+    """One line a person reads at the end of a run."""
+    parts = " ".join(f"{name}={value:.4f}" for name, value in aggregate.items())
+    return f"densekit evaluate: {parts} | {num_queries} queries, {num_documents} documents, {seconds:.1f}s"
+
+
+def markdown_report(aggregate: dict[str, float], settings: dict[str, Any]) -> str:
+    """A small Markdown table of the aggregate metrics and the run's settings."""
+    lines = ["| measure | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in aggregate.items()]
+    lines += ["", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {key} | {value} |" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(output_dir: Path, result, metrics, *, tag: str, seconds: float,
+                     settings: dict[str, Any]) -> str:
+    """Write run.trec, metrics.json and report.md into ``output_dir``; print and return the summary line."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run(output_dir / "run.trec", result.query_ids, result.indices, result.scores, result.doc_ids, tag=tag)
+    payload = {"aggregate": metrics.aggregate, "per_query": metrics.per_query,
+               "settings": {**settings, "seconds": round(seconds, 3)}}
+    with atomic_write(output_dir / "metrics.json") as handle:
+        json.dump(payload, handle, indent=1)
+    with atomic_write(output_dir / "report.md") as handle:
+        handle.write(markdown_report(metrics.aggregate, payload["settings"]))
+    line = summary_line(metrics.aggregate, len(result.query_ids), len(result.doc_ids), seconds)
+    print(line, flush=True)
+    return line

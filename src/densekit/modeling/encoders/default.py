@@ -1,0 +1,134 @@
+"""DefaultEncoder ("default"): any Hugging Face ``AutoModel`` checkpoint plus a pooling and a normalization.
+
+Covers BERT-style encoders (Contriever, E5, BGE, MiniLM: cls or mean pooling) and decoder LLM
+embedders (last-token pooling with an appended eos). Settings left unset in ``ModelArguments`` come from
+the checkpoint's sentence-transformers files, so a sentence-transformers model gives the same vectors as
+``SentenceTransformer.encode`` without any flag.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from densekit.errors import ConfigError
+from densekit.modeling.encoders.base import PretrainedEncoder
+from densekit.modeling.model_args import POOLING_CHOICES, ModelArguments
+from densekit.modeling.st_config import read_st_defaults
+
+_HUGE = 1_000_000  # transformers uses a huge sentinel for "no limit known"
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Reduce token states [B, T, d] to one vector per row [B, d].
+
+    - ``cls``: the first non-padding token (position 0 with right padding).
+    - ``mean``: masked mean, summed in float32 for half-precision inputs and divided by the token count
+      clamped at 1e-9, exactly as sentence-transformers' Pooling module computes it.
+    - ``last_token``: the last non-padding token, correct for right and for left padding.
+    """
+    if mode == "cls":
+        first = attention_mask.to(torch.int32).argmax(dim=1)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), first]
+    if mode == "mean":
+        acc_dtype = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1, dtype=acc_dtype)
+        counts = torch.clamp(mask.sum(dim=1, dtype=acc_dtype), min=1e-9)
+        return (summed / counts).to(hidden.dtype)
+    if mode == "last_token":
+        seq_len = attention_mask.size(1)
+        last = seq_len - 1 - attention_mask.to(torch.int32).flip(dims=[1]).argmax(dim=1)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    raise ConfigError(f"pooling={mode!r} is unknown; choose one of {', '.join(POOLING_CHOICES)}.")
+
+
+def _model_length_limit(model_dir: str, config: Any) -> Optional[int]:
+    """The longest input the checkpoint accepts: position embeddings, capped by the tokenizer's limit
+    (RoBERTa-style models have 514 positions but take 512 tokens)."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and 0 < positions < _HUGE:
+        limits.append(positions)
+    tok_file = Path(model_dir) / "tokenizer_config.json"
+    if tok_file.is_file():
+        try:
+            value = json.loads(tok_file.read_text(encoding="utf-8")).get("model_max_length")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            value = None
+        if isinstance(value, (int, float)) and 0 < value < _HUGE:
+            limits.append(int(value))
+    return min(limits) if limits else None
+
+
+class DefaultEncoder(PretrainedEncoder):
+    """Wrap ``transformers.AutoModel`` with cls / mean / last_token pooling and optional L2 normalization.
+
+    Resolution of unset arguments: ``pooling`` -> sentence-transformers Pooling config -> ``"mean"``;
+    ``normalize`` -> a sentence-transformers Normalize module -> ``False``; ``max_length`` ->
+    ``max_seq_length`` of ``sentence_bert_config.json`` -> the model's position limit. Extra keyword
+    arguments go to ``AutoModel.from_pretrained`` (e.g. ``attn_implementation="eager"``).
+    """
+
+    _alias = "default"
+
+    def __init__(self, args: ModelArguments, **kwargs: Any) -> None:
+        super().__init__(args)
+        path = args.model_name_or_path
+        if not path:
+            raise ConfigError("model_name_or_path is required to load an encoder; pass a checkpoint directory.")
+        defaults = read_st_defaults(path)
+        pooling = args.pooling or defaults.pooling or "mean"
+        if pooling not in POOLING_CHOICES:
+            raise ConfigError(
+                f"{path} declares sentence-transformers pooling {pooling!r}, which densekit does not implement; "
+                f"pass pooling= one of {', '.join(POOLING_CHOICES)} explicitly."
+            )
+        self.pooling: str = pooling
+        self.normalize: bool = args.normalize if args.normalize is not None else bool(defaults.normalize)
+
+        load_kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+        if args.torch_dtype is not None:
+            load_kwargs["dtype"] = "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+        load_kwargs.update(kwargs)
+        try:
+            from transformers import AutoModel
+
+            self.model = AutoModel.from_pretrained(path, **load_kwargs)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot load a model from {path!r}: {err}. densekit does not download models at run time; "
+                "pass a local checkpoint directory (Hugging Face or sentence-transformers layout)."
+            ) from err
+        self.max_length: Optional[int] = (
+            args.max_length or defaults.max_seq_length or _model_length_limit(str(path), self.model.config)
+        )
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's Hugging Face config (Trainer and PEFT look for it)."""
+        return self.model.config
+
+    @property
+    def append_eos_token(self) -> bool:
+        """Last-token pooling reads the final token, so it must be the eos the model was trained with."""
+        return self.pooling == "last_token"
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Run the model, pool its last hidden states, normalize when asked; returns [B, d]."""
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        embeddings = pool(outputs.last_hidden_state, attention_mask, self.pooling)
+        if self.normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        return embeddings
+
+    def densekit_config(self) -> dict[str, Any]:
+        config = super().densekit_config()
+        config.update(pooling=self.pooling, normalize=self.normalize, max_length=self.max_length)
+        return config
+
+    def _save_model(self, directory: Path, **kwargs: Any) -> None:
+        self.model.save_pretrained(str(directory), **kwargs)

@@ -1,0 +1,96 @@
+"""ModelArguments: which checkpoint to load, how to pool and format its inputs, which loss to train with.
+
+One dataclass, readable by ``transformers.HfArgumentParser``, validated once in ``__post_init__`` so a
+typo fails at start-up instead of after an hour of encoding. ``None`` for ``pooling``, ``normalize`` and
+``max_length`` means "what the checkpoint says": a sentence-transformers folder carries its own pooling,
+Normalize module and max_seq_length (see :mod:`densekit.modeling.st_config`); explicit values always win.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Literal, Optional, get_args
+
+from densekit.errors import ConfigError
+
+PoolingName = Literal["cls", "mean", "last_token"]
+DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+POOLING_CHOICES: tuple[str, ...] = get_args(PoolingName)
+DTYPE_CHOICES: tuple[str, ...] = get_args(DtypeName)
+TEMPLATE_FIELDS = ("title", "text")
+
+
+@dataclass
+class ModelArguments:
+    """How a bi-encoder is loaded and used.
+
+    Example::
+
+        ModelArguments(model_name_or_path="path/to/contriever", encoder_class="default",
+                       pooling="mean", normalize=False, loss="infonce")
+    """
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Local checkpoint directory (Hugging Face or sentence-transformers layout)."}
+    )
+    encoder_class: str = field(
+        default="default", metadata={"help": "Name or alias of a PretrainedEncoder subclass that wraps the model."}
+    )
+    pooling: Optional[PoolingName] = field(
+        default=None,
+        metadata={"help": "cls, mean or last_token; default: the sentence-transformers config, else mean."},
+    )
+    normalize: Optional[bool] = field(
+        default=None,
+        metadata={"help": "L2-normalize embeddings; default: true if the checkpoint has a Normalize module."},
+    )
+    query_prefix: str = field(default="", metadata={"help": "Text put before every query (e.g. 'query: ')."})
+    passage_prefix: str = field(default="", metadata={"help": "Text put before every passage (e.g. 'passage: ')."})
+    passage_template: str = field(
+        default="{title} {text}",
+        metadata={"help": "How title and text are joined; the result is stripped (as BEIR/MTEB do)."},
+    )
+    max_length: Optional[int] = field(
+        default=None,
+        metadata={"help": "Token limit of the encoder; default: sentence-transformers max_seq_length or model limit."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code in the checkpoint."})
+    torch_dtype: Optional[DtypeName] = field(
+        default=None, metadata={"help": "Weights dtype: auto, float32, float16 or bfloat16; default float32."}
+    )
+    loss: str = field(default="infonce", metadata={"help": "Name or alias of a RetrievalLoss subclass."})
+    temperature: float = field(default=1.0, metadata={"help": "Scores are divided by this before the loss."})
+
+    def __post_init__(self) -> None:
+        if self.pooling is not None and self.pooling not in POOLING_CHOICES:
+            raise ConfigError(
+                f"pooling={self.pooling!r} is unknown; choose one of {', '.join(POOLING_CHOICES)} "
+                "(or leave it unset to use the checkpoint's own pooling)."
+            )
+        for name in ("normalize", "trust_remote_code"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+        if self.torch_dtype is not None and self.torch_dtype not in DTYPE_CHOICES:
+            raise ConfigError(f"torch_dtype={self.torch_dtype!r} is unknown; choose one of {', '.join(DTYPE_CHOICES)}.")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or self.max_length < 2):
+            raise ConfigError(f"max_length must be at least 2 tokens, got {self.max_length!r}.")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}.")
+        if not self.encoder_class or not isinstance(self.encoder_class, str):
+            raise ConfigError("encoder_class must be the name of an encoder, e.g. 'default'.")
+        self._check_template()
+
+    def _check_template(self) -> None:
+        """``passage_template`` may only use {title} and {text}, and must use {text}."""
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(self.passage_template) if name is not None]
+        except ValueError as err:
+            raise ConfigError(f"passage_template={self.passage_template!r} is not a valid format string: {err}.")
+        unknown = sorted(set(fields) - set(TEMPLATE_FIELDS))
+        if unknown or "text" not in fields:
+            raise ConfigError(
+                f"passage_template={self.passage_template!r} must contain {{text}} and may contain {{title}}; "
+                f"found fields {fields}."
+            )

@@ -1,0 +1,95 @@
+"""Read the defaults a sentence-transformers checkpoint folder declares about itself.
+
+A sentence-transformers folder says how it wants to be used in three small files: ``modules.json`` (the
+module chain, where a ``Normalize`` module means unit-length embeddings), the pooling module's
+``config.json`` (cls / mean / last token ...) and ``sentence_bert_config.json`` (``max_seq_length``).
+Loading such a model with plain transformers and forgetting them silently changes its embeddings; reading
+them here lets densekit reproduce ``SentenceTransformer.encode`` with no flags.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from densekit.errors import InputError
+
+# sentence-transformers pooling names (new single key and legacy boolean keys) -> densekit names.
+_ST_MODE_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last_token"}
+_LEGACY_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class SentenceTransformerDefaults:
+    """What a checkpoint folder declares; ``None`` where it declares nothing.
+
+    ``pooling`` is a densekit name (``cls``, ``mean``, ``last_token``) or, for a mode densekit does not
+    implement (``max``, ``weightedmean``, a combination), the sentence-transformers name, so the caller can
+    refuse it with a clear message instead of pooling differently.
+    """
+
+    pooling: Optional[str] = None
+    normalize: Optional[bool] = None
+    max_seq_length: Optional[int] = None
+    is_sentence_transformers: bool = False
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise InputError(f"invalid JSON ({err.msg})", path=path, line=err.lineno,
+                         fix="restore the file from the original checkpoint") from err
+
+
+def _pooling_name(config: dict) -> str:
+    mode = config.get("pooling_mode")
+    if mode is None:
+        active = [name for key, name in _LEGACY_KEYS.items() if config.get(key)]
+        mode = active[0] if len(active) == 1 else ("+".join(active) if active else "mean")
+    if isinstance(mode, (list, tuple)):
+        mode = mode[0] if len(mode) == 1 else "+".join(mode)
+    return _ST_MODE_NAMES.get(mode, mode)
+
+
+def read_st_defaults(model_dir: str | Path | None) -> SentenceTransformerDefaults:
+    """Return the pooling / normalize / max length a sentence-transformers folder declares.
+
+    A path that is not a local folder, or a folder without ``modules.json`` (a plain Hugging Face
+    checkpoint), gives all-``None`` defaults.
+    """
+    if model_dir is None:
+        return SentenceTransformerDefaults()
+    root = Path(model_dir)
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return SentenceTransformerDefaults()
+    modules = _read_json(modules_file)
+    if not isinstance(modules, list):
+        raise InputError("expected a JSON list of modules", path=modules_file,
+                         fix="restore modules.json from the original checkpoint")
+    pooling: Optional[str] = None
+    normalize = False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            config_file = root / module.get("path", "") / "config.json"
+            pooling = _pooling_name(_read_json(config_file)) if config_file.is_file() else "mean"
+        elif kind == "Normalize":
+            normalize = True
+    max_seq_length = None
+    st_file = root / "sentence_bert_config.json"
+    if st_file.is_file():
+        value = _read_json(st_file).get("max_seq_length")
+        max_seq_length = int(value) if value is not None else None
+    return SentenceTransformerDefaults(pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
+                                       is_sentence_transformers=True)

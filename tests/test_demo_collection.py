@@ -1,0 +1,217 @@
+"""The stdlib-docstring demo collection: BEIR layout, reproducibility, caching, and a task that is neither
+trivial nor impossible (checked with a small TF-IDF retriever scored by pytrec_eval)."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytrec_eval
+
+from densekit import demo_collection
+from densekit.demo_collection import (
+    DEMO_MODULES, MIN_WORDS, build_demo_collection, demo_collection_dir, python_version_tag,
+)
+from densekit.errors import ConfigError
+
+FILES = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "README.md")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "query-id\tcorpus-id\tscore"
+    qrels: dict[str, dict[str, int]] = {}
+    for line in lines[1:]:
+        query_id, doc_id, score = line.split("\t")
+        qrels.setdefault(query_id, {})[doc_id] = int(score)
+    return qrels
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    return build_demo_collection(tmp_path_factory.mktemp("demo_a"))
+
+
+@pytest.fixture(scope="module")
+def collection(built):
+    return (read_jsonl(built / "corpus.jsonl"), read_jsonl(built / "queries.jsonl"),
+            read_qrels(built / "qrels" / "test.tsv"))
+
+
+def test_two_builds_are_byte_identical(built, tmp_path):
+    second = build_demo_collection(tmp_path / "demo_b")
+    for name in FILES:
+        assert (built / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_collection_sizes_are_in_the_intended_range(collection):
+    corpus, queries, qrels = collection
+    assert 2000 <= len(corpus) <= 5000
+    assert 200 <= len(queries) <= 500
+    assert set(qrels) == {q["_id"] for q in queries}
+
+
+def test_ids_are_unique_and_every_judgment_points_at_a_corpus_document(collection):
+    corpus, queries, qrels = collection
+    doc_ids = [d["_id"] for d in corpus]
+    assert len(doc_ids) == len(set(doc_ids))
+    assert len({q["_id"] for q in queries}) == len(queries)
+    for judged in qrels.values():
+        assert set(judged) <= set(doc_ids)
+        assert set(judged.values()) <= {1, 2}
+        assert 2 in judged.values()  # every query has at least one of its own paragraphs to find
+
+
+def test_documents_are_nontrivial_normalized_and_deduplicated(collection):
+    corpus, _, _ = collection
+    texts = [d["text"] for d in corpus]
+    assert len(texts) == len(set(texts))
+    for doc in corpus:
+        assert len(re.findall(r"[A-Za-z]+", doc["text"])) >= MIN_WORDS
+        assert doc["text"] == " ".join(doc["text"].split())
+        assert doc["title"] == doc["_id"].split("#")[0]
+
+
+def resolve(dotted: str) -> object:
+    """The stdlib object a document title names (longest importable module prefix, then attributes)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        if module_name in DEMO_MODULES:
+            obj = importlib.import_module(module_name)
+            for attr in parts[cut:]:
+                obj = inspect.getattr_static(obj, attr)
+            return obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
+    raise AssertionError(f"{dotted} is not under a demo module")
+
+
+def test_every_document_is_the_paragraph_its_id_names(collection):
+    corpus, _, _ = collection
+
+    def words(text: str) -> list[str]:
+        return re.sub(r"[-=~^*]{3,}", " ", text).split()
+
+    for doc in corpus:
+        doc_id, _, index = doc["_id"].partition("#")
+        paragraphs = re.split(r"\n[ \t]*\n", inspect.cleandoc(resolve(doc_id).__doc__))
+        assert words(doc["text"]) == words(paragraphs[int(index or 0)]), doc["_id"]
+
+
+def test_query_text_is_never_in_the_corpus_verbatim(collection):
+    corpus, queries, _ = collection
+    haystack = "\n".join(d["text"].lower() for d in corpus)
+    for query in queries:
+        assert query["text"].lower() not in haystack, query
+
+
+def test_query_omits_the_object_own_name(collection):
+    _, queries, _ = collection
+    for query in queries:
+        own_name = query["_id"].removeprefix("q:").rsplit(".", 1)[-1].lower()
+        words = {re.sub(r"[^a-z0-9_]", "", w.lower()) for w in query["text"].split()}
+        assert own_name not in words, query
+
+
+def test_readme_reports_the_sizes_of_the_files(built, collection):
+    corpus, queries, qrels = collection
+    readme = (built / "README.md").read_text(encoding="utf-8")
+    assert python_version_tag() in readme
+    assert f"{len(corpus)} documents" in readme
+    assert f"{len(queries)} queries" in readme
+    assert f"{sum(len(j) for j in qrels.values())} judgments" in readme
+
+
+def tfidf_run(corpus: list[dict], queries: list[dict], k: int = 100) -> dict[str, dict[str, float]]:
+    """A plain numpy TF-IDF (log tf, smooth idf, cosine) retriever over title + text."""
+    def tokens(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    vocab: dict[str, int] = {}
+    doc_tokens = [tokens(d["title"].replace(".", " ").replace("_", " ") + " " + d["text"]) for d in corpus]
+    for toks in doc_tokens:
+        for tok in toks:
+            vocab.setdefault(tok, len(vocab))
+
+    def counts(toks: list[str]) -> np.ndarray:
+        row = np.zeros(len(vocab))
+        for tok, n in Counter(toks).items():
+            if tok in vocab:
+                row[vocab[tok]] = 1 + np.log(n)
+        return row
+
+    docs = np.stack([counts(t) for t in doc_tokens])
+    idf = np.log((1 + len(corpus)) / (1 + (docs > 0).sum(axis=0))) + 1
+    docs *= idf
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True) + 1e-12
+    run = {}
+    for query in queries:
+        q = counts(tokens(query["text"])) * idf
+        scores = docs @ (q / (np.linalg.norm(q) + 1e-12))
+        top = np.argsort(-scores, kind="stable")[:k]
+        run[query["_id"]] = {corpus[i]["_id"]: float(scores[i]) for i in top}
+    return run
+
+
+def mean_ndcg10(qrels, run) -> float:
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    return float(np.mean([m["ndcg_cut_10"] for m in per_query.values()]))
+
+
+def test_lexical_baseline_is_clearly_above_random_and_below_perfect(collection):
+    corpus, queries, qrels = collection
+    tfidf = mean_ndcg10(qrels, tfidf_run(corpus, queries))
+    rng = np.random.default_rng(0)
+    random_run = {q["_id"]: {corpus[i]["_id"]: float(10 - r) for r, i in
+                             enumerate(rng.choice(len(corpus), 10, replace=False))} for q in queries}
+    chance = mean_ndcg10(qrels, random_run)
+    print(f"demo collection: {len(corpus)} docs, {len(queries)} queries, "
+          f"TF-IDF nDCG@10={tfidf:.3f}, random={chance:.3f}")
+    assert chance < 0.02
+    assert 0.1 < tfidf < 0.95
+
+
+def test_cache_dir_is_built_once_then_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DENSEKIT_CACHE", str(tmp_path / "env_cache"))
+    calls = []
+    real_build = demo_collection.build_demo_collection
+    monkeypatch.setattr(demo_collection, "build_demo_collection", lambda out: calls.append(out) or real_build(out))
+    first = demo_collection_dir()
+    second = demo_collection_dir()
+    assert first == second == tmp_path / "env_cache" / "demo" / python_version_tag()
+    assert len(calls) == 1
+    assert all((first / name).is_file() for name in FILES)
+
+
+def test_cache_root_argument_wins_over_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DENSEKIT_CACHE", str(tmp_path / "env_cache"))
+    folder = demo_collection_dir(tmp_path / "explicit")
+    assert folder == tmp_path / "explicit" / "demo" / python_version_tag()
+    assert not (tmp_path / "env_cache").exists()
+
+
+def test_incomplete_cache_folder_is_rebuilt(tmp_path):
+    folder = demo_collection_dir(tmp_path)
+    (folder / "README.md").unlink()
+    (folder / "corpus.jsonl").write_text("half-written", encoding="utf-8")
+    demo_collection_dir(tmp_path)
+    assert (folder / "README.md").is_file()
+    assert read_jsonl(folder / "corpus.jsonl")[0]["_id"]
+
+
+def test_stripped_docstrings_raise_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "flags", types.SimpleNamespace(optimize=2))
+    with pytest.raises(ConfigError, match="-OO"):
+        build_demo_collection(tmp_path)
+    assert not (tmp_path / "corpus.jsonl").exists()
