@@ -1,2 +1,55 @@
-"""densekit: train, evaluate and mine hard negatives for dense retrievers."""
+"""densekit: train, evaluate and mine hard negatives for dense retrievers (bi-encoders).
+
+The public names below are imported on first use, so ``import densekit`` (and the ``densekit`` command's
+help) stays fast; ``from densekit import X`` works as usual.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "ModelArguments": "densekit.modeling.model_args",
+    "BiEncoderRetriever": "densekit.modeling.retriever",
+    "PretrainedEncoder": "densekit.modeling.encoders",
+    "DataArguments": "densekit.data.data_args",
+    "MaterializedQRelConfig": "densekit.data.qrels",
+    "MultiLevelDataset": "densekit.data.datasets",
+    "RetrievalCollator": "densekit.data.collator",
+    "EvaluationArguments": "densekit.evaluation.evaluation_args",
+    "RetrievalEvaluator": "densekit.evaluation.evaluator",
+    "FastResultHeapq": "densekit.search.topk",
+    "InputError": "densekit.errors",
+    "ConfigError": "densekit.errors",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'densekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from densekit.data.collator import RetrievalCollator
+    from densekit.data.data_args import DataArguments
+    from densekit.data.datasets import MultiLevelDataset
+    from densekit.data.qrels import MaterializedQRelConfig
+    from densekit.errors import ConfigError, InputError
+    from densekit.evaluation.evaluation_args import EvaluationArguments
+    from densekit.evaluation.evaluator import RetrievalEvaluator
+    from densekit.modeling.encoders import PretrainedEncoder
+    from densekit.modeling.model_args import ModelArguments
+    from densekit.modeling.retriever import BiEncoderRetriever
+    from densekit.search.topk import FastResultHeapq

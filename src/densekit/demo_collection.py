@@ -15,8 +15,8 @@ collection, deterministically, in about a second:
   corpus verbatim (queries still found verbatim in some other document are dropped).
 * **judgments** - relevance 2 for the object's remaining paragraphs (the rest of the same docstring:
   details, arguments, caveats of what the summary announces); relevance 1, for a method or property,
-  for the paragraphs of its class docstring (they describe the thing the method belongs to, which
-  answers the query only in part).
+  for the paragraphs of the same-named method of another class in the same module (``io.BufferedReader.seek``
+  for ``io.TextIOWrapper.seek``): the same operation on a kindred type, which answers the query in part.
 
 The task therefore measures whether a retriever connects a one-line summary to the longer
 explanation that follows it in the same docstring: related vocabulary, rarely the same sentence.
@@ -32,12 +32,12 @@ import json
 import os
 import random
 import re
+import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from densekit.errors import ConfigError
-from densekit.files import atomic_write
+# Only the standard library at module level: this file also runs as a script in a bare interpreter.
 
 #: Modules whose public objects are documented. Only pure, platform-independent modules present in
 #: every CPython 3.10-3.13 build (no optional C libraries such as sqlite3, zlib, ssl; no winreg, msvcrt,
@@ -124,10 +124,11 @@ def _public_members(module) -> list[str]:
 
 
 def _documented_objects() -> list[_Documented]:
-    """Walk the fixed module list in a fixed order; each object is documented once, first name wins."""
-    if sys.flags.optimize >= 2:
-        raise ConfigError("Python runs with -OO, which strips docstrings, so the demo collection cannot be "
-                          "built. Run densekit without -OO (and without PYTHONOPTIMIZE=2).")
+    """Walk the fixed module list in a fixed order; each object is documented once, first name wins.
+
+    This reads the live objects of the current interpreter; :func:`_pristine_documented_objects` runs it
+    where no third-party package has touched the standard library.
+    """
     seen: set[int] = set()
     found: list[_Documented] = []
 
@@ -152,8 +153,32 @@ def _documented_objects() -> list[_Documented]:
     return found
 
 
+def _pristine_documented_objects() -> list[_Documented]:
+    """:func:`_documented_objects` run in a fresh ``python -I -S`` (no site-packages, no .pth hooks).
+
+    Third-party packages patch the standard library when imported (``import torch`` replaces
+    ``inspect.getfile``), and ``-OO`` strips docstrings; either would make the collection depend on what
+    the calling process imported or how it was started. A bare interpreter of the same Python sees the
+    stdlib as shipped, so the same Python version always yields the same collection.
+    """
+    from densekit.errors import ConfigError
+
+    command = [sys.executable, "-I", "-S", str(Path(__file__).resolve())]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8")
+        problem = f"exit {done.returncode}: {done.stderr.strip()[-500:]}" if done.returncode else ""
+    except OSError as error:
+        done, problem = None, str(error)
+    if problem or done is None or not done.stdout:
+        raise ConfigError(f"Reading the standard library docstrings with `{' '.join(command[:3])}` failed "
+                          f"({problem or 'no output'}). The demo collection needs the Python interpreter "
+                          f"(sys.executable) and its complete standard library.")
+    return [_Documented(d["name"], d["module"], d["parent"], [tuple(p) for p in d["paragraphs"]])
+            for d in json.loads(done.stdout)]
+
+
 def _name_words(dotted: str) -> set[str]:
-    """Lower-cased words of an object's own name: ``json.JSONDecodeError`` -> jsondecodeerror, json, decode, error."""
+    """Lower-cased words of an object's own name: ``json.JSONDecodeError`` -> jsondecodeerror, json, ..."""
     own = dotted.rsplit(".", 1)[-1]
     words = {own.lower()}
     for piece in own.split("_"):
@@ -182,9 +207,12 @@ def _method_key(documented: _Documented) -> tuple[str, str]:
     return documented.module, documented.name.rsplit(".", 1)[-1]
 
 
-def _siblings(documented: _Documented, namesakes: dict[tuple[str, str], list[_Documented]]) -> list[_Documented]:
-    """Same-named methods/properties of other classes in the same module: the same operation on a kindred type
-    (``io.BufferedReader.seek`` for ``io.TextIOWrapper.seek``, ``decimal.Context.sqrt`` for
+_Namesakes = dict[tuple[str, str], list[_Documented]]
+
+
+def _siblings(documented: _Documented, namesakes: _Namesakes) -> list[_Documented]:
+    """Same-named methods/properties of other classes in the same module: the same operation on a
+    kindred type (``io.BufferedReader.seek`` for ``io.TextIOWrapper.seek``, ``decimal.Context.sqrt`` for
     ``decimal.Decimal.sqrt``), whose documentation answers the query in part."""
     if documented.parent is None:
         return []
@@ -201,9 +229,9 @@ class DemoCollection:
 
 
 def make_demo_collection(sample_size: int = QUERY_SAMPLE_SIZE, seed: int = SEED) -> DemoCollection:
-    """Build the collection from the docstrings of :data:`DEMO_MODULES` (deterministic for a Python version)."""
-    objects = _documented_objects()
-    namesakes: dict[tuple[str, str], list[_Documented]] = {}
+    """Build the collection from the docstrings of :data:`DEMO_MODULES` (the same for a Python version)."""
+    objects = _pristine_documented_objects()
+    namesakes: _Namesakes = {}
     for documented in objects:
         if documented.parent is not None:
             namesakes.setdefault(_method_key(documented), []).append(documented)
@@ -237,9 +265,11 @@ def make_demo_collection(sample_size: int = QUERY_SAMPLE_SIZE, seed: int = SEED)
     haystack = "\n".join(row["text"].lower() for row in corpus)
     queries: list[dict[str, str]] = []
     qrels: dict[str, dict[str, int]] = {}
+    asked: set[str] = set()
     for documented, query in chosen:
-        if query.lower() in haystack:
-            continue  # answerable by string matching alone
+        if query.lower() in haystack or query in asked:
+            continue  # answerable by string matching alone, or an alias of an object already asked about
+        asked.add(query)
         judged: dict[str, int] = {}
         for grade, owners in ((1, _siblings(documented, namesakes)), (2, [documented])):
             for owner in owners:
@@ -269,10 +299,12 @@ builds byte-identical files.
 - queries.jsonl: {len(collection.queries)} queries, each the first sentence of an object's docstring with
   the words of the object's name removed; that first paragraph is not in the corpus.
 - qrels/test.tsv: {judgments} judgments: {grade2} with relevance 2 (the other paragraphs of the same
-  docstring) and {judgments - grade2} with relevance 1 (the class docstring of a method or property).
+  docstring) and {judgments - grade2} with relevance 1 (paragraphs of the same-named method of another
+  class in the same module, e.g. `decimal.Context.sqrt` for `decimal.Decimal.sqrt`).
 
 What it measures: whether a retriever connects a one-line summary to the longer explanation that
-follows it (arguments, details, caveats), which shares vocabulary but rarely whole sentences.
+follows it (arguments, details, caveats), which shares vocabulary but rarely whole sentences. Query
+ids (`q:<dotted name>`) name the source object for reading results; a retriever must not use them.
 """
 
 
@@ -281,6 +313,8 @@ def build_demo_collection(out_dir: Path) -> Path:
 
     README.md is written last, so a folder that has it holds a complete collection.
     """
+    from densekit.files import atomic_write
+
     out_dir = Path(out_dir)
     collection = make_demo_collection()
     with atomic_write(out_dir / "corpus.jsonl") as handle:
@@ -314,3 +348,7 @@ def demo_collection_dir(cache_root: str | Path | None = None) -> Path:
     if not all((folder / name).is_file() for name in _FILES):
         build_demo_collection(folder)
     return folder
+
+
+if __name__ == "__main__":  # the bare-interpreter half of _pristine_documented_objects
+    json.dump([asdict(o) for o in _documented_objects()], sys.stdout, ensure_ascii=True)

@@ -23,8 +23,8 @@ from densekit.data.qrels import (
     unique_paths,
 )
 from densekit.data.sampling import example_rng, fill_to
+from densekit.data.formats import check_qrels
 from densekit.data.store import TextStore, load_store
-from densekit.errors import InputError
 
 FormatQuery = Callable[..., str]
 FormatPassage = Callable[..., str]
@@ -86,21 +86,9 @@ class MultiLevelDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     def _check_ids(self, materialized) -> None:
+        """Every judged query and document must exist; checked for all ids at once, before any encoding."""
         for part in materialized:
-            where = part.qrel_paths[0] if part.qrel_paths else None
-            unknown_q = [q for q in part.qrels if q not in self.queries]
-            if unknown_q:
-                raise InputError(
-                    f"{len(unknown_q)} judged query id(s) are not in the query file(s), e.g. {unknown_q[0]!r}.",
-                    path=where, fix=f"check that the qrels belong to {', '.join(map(str, self.query_paths))}.",
-                )
-            doc_ids = [d for docs in part.qrels.values() for d in docs]
-            missing = [d for d in doc_ids if d not in self.corpus]
-            if missing:
-                raise InputError(
-                    f"{len(missing)} judged document id(s) are not in the corpus, e.g. {missing[0]!r}.",
-                    path=where, fix=f"check that the qrels belong to {', '.join(map(str, self.corpus_paths))}.",
-                )
+            check_qrels(part.qrels, self.queries, self.corpus, path=part.qrel_paths[0] if part.qrel_paths else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the epoch so that ``random`` selection draws new groups (called by the trainer)."""
