@@ -56,7 +56,13 @@ def test_from_model_args_builds_the_named_loss_with_its_temperature():
     assert RetrievalLoss.from_model_args(SimpleNamespace(loss=None, temperature=1.0)) is None
 
 
-def test_subclass_registers_itself_by_name_and_alias():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Losses defined by a test register into a copy, so they do not leak into other tests."""
+    monkeypatch.setattr(RetrievalLoss, "_registry", dict(RetrievalLoss._registry))
+
+
+def test_subclass_registers_itself_by_name_and_alias(scratch_registry):
     class PinnedTestLoss(RetrievalLoss):
         _alias = "pinned_test_loss"
 
@@ -66,6 +72,15 @@ def test_subclass_registers_itself_by_name_and_alias():
     assert RetrievalLoss.find("pinned_test_loss") is PinnedTestLoss
     assert RetrievalLoss.find("PinnedTestLoss") is PinnedTestLoss
     assert "pinned_test_loss" in RetrievalLoss.available_losses()
+
+
+def test_a_later_class_taking_a_builtin_alias_wins_with_a_warning(scratch_registry):
+    with pytest.warns(UserWarning, match="infonce"):
+        class MyInfoNCE(RetrievalLoss):
+            _alias = "infonce"
+
+    assert RetrievalLoss.find("InfoNCE") is MyInfoNCE
+    assert RetrievalLoss.find("InfoNCELoss") is InfoNCELoss
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0])

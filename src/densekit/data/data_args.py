@@ -24,7 +24,10 @@ class DataArguments:
         default="most_relevant",
         metadata={"help": "How MultiLevelDataset picks group_size documents: most_relevant or random."},
     )
-    seed: int = field(default=42, metadata={"help": "Seed for sampling passages (combined with epoch and index)."})
+    # Named sampling_seed, not seed: TrainingArguments owns --seed and both are parsed by one HfArgumentParser.
+    sampling_seed: int = field(
+        default=42, metadata={"help": "Seed for sampling passages (combined with epoch and example index)."}
+    )
 
     def __post_init__(self) -> None:
         for name in ("query_max_len", "passage_max_len"):

@@ -112,7 +112,7 @@ class MultiLevelDataset(torch.utils.data.Dataset):
         size = self.data_args.group_size
         if len(ranked) > size:
             if self.data_args.passage_selection_strategy == "random":
-                rng = example_rng(self.data_args.seed, self.epoch, index)
+                rng = example_rng(self.data_args.sampling_seed, self.epoch, index)
                 picks = np.sort(rng.choice(len(ranked), size=size, replace=False))
                 ranked = [ranked[i] for i in picks]
             else:

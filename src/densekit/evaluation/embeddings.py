@@ -21,32 +21,40 @@ logger = logging.getLogger(__name__)
 _TRAINING_ONLY_FIELDS = {"loss", "temperature"}
 
 
-def model_fingerprint(retriever: torch.nn.Module, max_len: Optional[int], append_eos: bool) -> str:
-    """Hash of the weights and of every option that changes the vectors a model produces."""
+def weights_fingerprint(retriever: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer (names, shapes, dtypes, bytes)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(retriever.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(retriever: torch.nn.Module, max_len: Optional[int], append_eos: bool,
+                      weights: Optional[str] = None) -> str:
+    """Hash of the weights and of every option that changes the vectors a model produces for one input kind."""
     args = getattr(getattr(retriever, "encoder", retriever), "args", None)
     options = {}
     if is_dataclass(args):
         options = {k: v for k, v in asdict(args).items() if k not in _TRAINING_ONLY_FIELDS and k != "model_name_or_path"}
     encoder_class = type(getattr(retriever, "encoder", retriever)).__name__
-    return fingerprint(digest.hexdigest(), encoder_class, options, max_len, append_eos)
+    return fingerprint(weights or weights_fingerprint(retriever), encoder_class, options, max_len, append_eos)
 
 
 class Embedder:
     """Encodes text sets with one model, via the cache when ``cache`` is given.
 
-    ``encode_fn(texts) -> np.ndarray`` does the actual encoding (batched, length-sorted, with progress).
+    ``encode_fn(texts, kind) -> np.ndarray`` does the actual encoding (batched, length-sorted, with
+    progress); ``model_keys`` maps each kind ("query", "passage") to its model fingerprint, since query and
+    passage lengths (and prefixes) differ.
     """
 
-    def __init__(self, encode_fn: Callable[[Sequence[str], str], np.ndarray], model_key: str,
+    def __init__(self, encode_fn: Callable[[Sequence[str], str], np.ndarray], model_keys: dict[str, str],
                  cache: Optional[EmbeddingCache] = None, block_size: int = 16_384) -> None:
         self.encode_fn = encode_fn
         self.block_size = cache.block_size if cache is not None else block_size
-        self.model_key = model_key
+        self.model_keys = model_keys
         self.cache = cache
         self.rows_encoded = 0  # how many texts went through the encoder (the rest came from the cache)
 
@@ -67,7 +75,7 @@ class Embedder:
             for start in range(0, len(texts), self.block_size):
                 on_block(start, self._encode(texts[start:start + self.block_size], kind))
             return None
-        key = fingerprint(kind, self.model_key, texts_fingerprint(ids, texts))
+        key = fingerprint(kind, self.model_keys[kind], texts_fingerprint(ids, texts))
         entry = self.cache.entry(key, name=name)
         if entry.is_complete():
             logger.info("%s embeddings: reusing cache %s", kind, entry.path)

@@ -11,7 +11,8 @@ so a caller can stream a corpus larger than memory to disk; ``encode_texts`` ret
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Literal, Optional, Sequence
+import itertools
+from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,10 +56,30 @@ def _check_texts(texts: Sequence[str], start: int) -> None:
                              fix="pass a sequence of strings (format titles and texts first)")
 
 
+def _encode_block(encode: Any, retriever: Any, tokenizer: Any, block: list[str], *, batch_size: int,
+                  max_len: Optional[int], append_eos: bool, device: torch.device, bar: Any) -> np.ndarray:
+    """Tokenize one block, encode it longest-first in batches, return rows in the block's order."""
+    features = tokenize_texts(tokenizer, block, max_len, append_eos)
+    lengths = np.fromiter((len(ids) for ids in features["input_ids"]), dtype=np.int64, count=len(block))
+    order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory shows up at once
+    out: Optional[np.ndarray] = None
+    with _eval_mode(retriever), torch.inference_mode():
+        for lo in range(0, len(order), batch_size):
+            rows = order[lo:lo + batch_size]
+            batch = pad_token_lists(tokenizer, features, rows.tolist()).to(device)
+            embs = encode(batch).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(block), embs.shape[1]), dtype=np.float32)
+            out[rows] = embs
+            bar.update(len(rows))
+    assert out is not None
+    return out
+
+
 def iter_encode_blocks(
     retriever: Any,
     tokenizer: Any,
-    texts: Sequence[str],
+    texts: Iterable[str],
     *,
     kind: Kind,
     block_size: int = 65_536,
@@ -71,10 +92,12 @@ def iter_encode_blocks(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, embeddings)`` for consecutive blocks of ``block_size`` texts (the last may be shorter).
 
+    ``texts`` may be any iterable (a generator over a corpus store too); it is read one block at a time.
     ``embeddings`` is float32 ``[n_block, d]`` in input order: rows ``start .. start+n_block-1`` of the
     full result. Sorting by length happens within a block. ``max_len`` defaults to the retriever's
     ``max_length`` (then the tokenizer's limit), ``append_eos`` to the retriever's ``append_eos_token``,
-    ``device`` to the retriever's. One progress bar counts texts over all blocks.
+    ``device`` to the retriever's. One progress bar counts texts over all blocks. Inference mode and
+    eval mode are on only while a block is encoded, never while the caller holds a block.
     """
     encode = _encode_fn(retriever, kind)
     if batch_size < 1 or block_size < 1:
@@ -84,25 +107,18 @@ def iter_encode_blocks(
     if append_eos is None:
         append_eos = bool(getattr(retriever, "append_eos_token", False))
     device = torch.device(device) if device is not None else _device_of(retriever)
-    total = len(texts)
-    with tqdm(total=total, desc=desc or f"encode {kind}", unit="text", disable=not show_progress) as bar, \
-            _eval_mode(retriever), torch.inference_mode():
-        for start in range(0, total, block_size):
-            block = texts[start:start + block_size]
+    total = len(texts) if hasattr(texts, "__len__") else None
+    iterator = iter(texts)
+    start = 0
+    with tqdm(total=total, desc=desc or f"encode {kind}", unit="text", disable=not show_progress) as bar:
+        while True:
+            block = list(itertools.islice(iterator, block_size))
+            if not block:
+                return
             _check_texts(block, start)
-            features = tokenize_texts(tokenizer, block, max_len, append_eos)
-            lengths = np.fromiter((len(ids) for ids in features["input_ids"]), dtype=np.int64, count=len(block))
-            order = np.argsort(-lengths, kind="stable")  # longest first: out-of-memory shows up at once
-            out: Optional[np.ndarray] = None
-            for lo in range(0, len(order), batch_size):
-                rows = order[lo:lo + batch_size]
-                batch = pad_token_lists(tokenizer, features, rows.tolist()).to(device)
-                embs = encode(batch).float().cpu().numpy()
-                if out is None:
-                    out = np.empty((len(block), embs.shape[1]), dtype=np.float32)
-                out[rows] = embs
-                bar.update(len(rows))
-            yield start, out
+            yield start, _encode_block(encode, retriever, tokenizer, block, batch_size=batch_size,
+                                       max_len=max_len, append_eos=append_eos, device=device, bar=bar)
+            start += len(block)
 
 
 def encode_texts(

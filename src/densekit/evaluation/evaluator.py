@@ -20,11 +20,11 @@ from densekit.cache import EmbeddingCache
 from densekit.data.collator import RetrievalCollator
 from densekit.data.datasets import MultiLevelDataset
 from densekit.errors import ConfigError
-from densekit.evaluation.embeddings import Embedder, model_fingerprint
+from densekit.evaluation.embeddings import Embedder, model_fingerprint, weights_fingerprint
 from densekit.evaluation.encoding import encode_texts
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
-from densekit.evaluation.output import write_evaluation
+from densekit.evaluation.output import check_reporters, report_metrics, write_evaluation
 from densekit.search.topk import FastResultHeapq
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class RetrievalEvaluator:
             tokenizer=self.tokenizer,
             append_eos=getattr(model, "append_eos_token", False),
         )
+        check_reporters(args.report_to)
         self.device = torch.device(args.device) if hasattr(args, "device") else torch.device("cpu")
         self._embedder: Optional[Embedder] = None
 
@@ -80,13 +81,13 @@ class RetrievalEvaluator:
     def _max_len(self, kind: str) -> Optional[int]:
         data_args = self.data_collator.data_args
         explicit = getattr(data_args, "query_max_len" if kind == "query" else "passage_max_len", None)
-        return explicit or getattr(getattr(self.model, "encoder", self.model), "max_length", None)
+        return explicit or getattr(self.model, "max_length", None)
 
     def _encode(self, texts, kind: str) -> np.ndarray:
         return encode_texts(
             self.model, self.tokenizer, texts, kind=kind, batch_size=self.args.per_device_eval_batch_size,
             max_len=self._max_len(kind), append_eos=self.data_collator.append_eos, device=self.device,
-            show_progress=not self.args.disable_tqdm, desc=f"encoding {kind}s",
+            show_progress=not self.args.disable_tqdm, desc="encoding queries" if kind == "query" else "encoding passages",
         )
 
     @property
@@ -96,10 +97,11 @@ class RetrievalEvaluator:
             cache = None
             if self.args.encoding_cache_dir:
                 cache = EmbeddingCache(self.args.encoding_cache_dir, block_size=self.args.encoding_block_size)
-            # Query and passage lengths may differ, so the fingerprint carries both.
-            key = model_fingerprint(self.model, (self._max_len("query"), self._max_len("passage")),
-                                    bool(self.data_collator.append_eos))
-            self._embedder = Embedder(self._encode, key, cache=cache, block_size=self.args.encoding_block_size)
+            weights = weights_fingerprint(self.model)
+            append_eos = bool(self.data_collator.append_eos)
+            keys = {kind: model_fingerprint(self.model, self._max_len(kind), append_eos, weights=weights)
+                    for kind in ("query", "passage")}
+            self._embedder = Embedder(self._encode, keys, cache=cache, block_size=self.args.encoding_block_size)
         return self._embedder
 
     def _dataset(self, dataset: Optional[MultiLevelDataset]) -> MultiLevelDataset:
@@ -135,12 +137,12 @@ class RetrievalEvaluator:
         topk = topk or self.args.search_topk
         query_embs = self.embedder.embed(dataset.query_ids, self._query_texts(dataset), "query",
                                          name=dataset.query_cache)
-        queries = torch.as_tensor(np.asarray(query_embs), device=self.device)
+        queries = torch.tensor(np.asarray(query_embs), device=self.device)  # copy: cache blocks are read-only
         heap = FastResultHeapq(topk=topk, device=self.device)
         chunk = self.args.per_device_matmul_batch_size
 
         def score_block(start: int, block: np.ndarray) -> None:
-            block_t = torch.as_tensor(np.asarray(block), device=self.device)
+            block_t = torch.tensor(np.asarray(block), device=self.device)
             with torch.inference_mode():
                 for offset in range(0, len(block_t), chunk):
                     part = block_t[offset:offset + chunk]
@@ -171,4 +173,5 @@ class RetrievalEvaluator:
         write_evaluation(Path(self.args.output_dir), result, metrics, tag=self.args.run_tag, seconds=seconds,
                          settings={"search_topk": self.args.search_topk,
                                    "num_queries": len(result.query_ids), "num_documents": len(result.doc_ids)})
+        report_metrics(self.args.report_to, metrics.aggregate)
         return dict(metrics.aggregate)

@@ -38,3 +38,39 @@ def write_evaluation(output_dir: Path, result, metrics, *, tag: str, seconds: fl
     line = summary_line(metrics.aggregate, len(result.query_ids), len(result.doc_ids), seconds)
     print(line, flush=True)
     return line
+
+
+def report_metrics(report_to, aggregate: dict[str, float], prefix: str = "eval") -> list[str]:
+    """Send aggregate metrics to the experiment trackers named in ``report_to``; returns those used.
+
+    Supported: ``wandb`` (joins the active run, or starts one in project ``densekit``). "none", "all"
+    with nothing installed, and an empty list report nowhere. A named tracker that is not installed is a
+    ConfigError, raised before any encoding (see :func:`check_reporters`).
+    """
+    used = []
+    for name in check_reporters(report_to):
+        if name == "wandb":
+            import wandb
+
+            run = wandb.run or wandb.init(project="densekit", job_type="evaluation")
+            run.log({f"{prefix}/{key}": value for key, value in aggregate.items()})
+            used.append(name)
+    return used
+
+
+def check_reporters(report_to) -> list[str]:
+    """The trackers to report to; fails early when a named one cannot be imported."""
+    import importlib.util
+
+    from densekit.errors import ConfigError
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [n for n in names if n not in ("none", None)]
+    if names == ["all"]:
+        return ["wandb"] if importlib.util.find_spec("wandb") else []
+    unknown = [n for n in names if n != "wandb"]
+    if unknown:
+        raise ConfigError(f"report_to={unknown} is not supported by the evaluator; use 'wandb' or 'none'.")
+    if names and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("report_to=['wandb'] needs the wandb package: `pip install wandb`, or set report_to='none'.")
+    return names

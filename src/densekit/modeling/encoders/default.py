@@ -22,6 +22,17 @@ from densekit.modeling.st_config import read_st_defaults
 _HUGE = 1_000_000  # transformers uses a huge sentinel for "no limit known"
 
 
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56; use whichever this version expects."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+_DTYPE_KWARG = _dtype_kwarg()
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """Reduce token states [B, T, d] to one vector per row [B, d].
 
@@ -92,7 +103,8 @@ class DefaultEncoder(PretrainedEncoder):
 
         load_kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
         if args.torch_dtype is not None:
-            load_kwargs["dtype"] = "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+            dtype = "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+            load_kwargs[_DTYPE_KWARG] = dtype
         load_kwargs.update(kwargs)
         try:
             from transformers import AutoModel

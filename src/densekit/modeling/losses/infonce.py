@@ -57,6 +57,7 @@ class InfoNCELoss(RetrievalLoss):
             label = torch.zeros(n_queries, group_size, device=logits.device)
             label[:, 0] = 1
         check_label(logits, label)
+        label = label.to(logits.device)
         columns = group_columns(logits, label.shape[1], group_offsets)
 
         positive_in_group = label > 0

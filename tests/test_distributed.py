@@ -1,0 +1,153 @@
+"""distributed helpers: single-process fallbacks, shard ranges, and a 2-process gloo run whose gradients
+equal one process's full-batch gradients (gather_with_grad + loss * world_size + DDP averaging)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from densekit import distributed
+from densekit.errors import ConfigError
+from densekit.modeling.grad_cache import grad_cache_step
+from densekit.modeling.losses import InfoNCELoss
+
+WORLD, Q, G, VOCAB, LENGTH = 2, 6, 2, 50, 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a shared 2-core machine thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class BagEncoder(torch.nn.Module):
+    """A tiny deterministic encoder: embedding, masked mean, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+        return self.proj(pooled)
+
+
+def make_data():
+    g = torch.Generator().manual_seed(0)
+    def batch(rows):
+        return {"input_ids": torch.randint(0, VOCAB, (rows, LENGTH), generator=g),
+                "attention_mask": (torch.rand(rows, LENGTH, generator=g) > 0.3).long().clamp_min(
+                    torch.nn.functional.one_hot(torch.zeros(rows, dtype=torch.long), LENGTH))}
+    return batch(Q), batch(Q * G)
+
+
+def make_model():
+    torch.manual_seed(0)
+    return BagEncoder()
+
+
+def rows(inputs, r):
+    return {k: v[r.start:r.stop] for k, v in inputs.items()}
+
+
+def global_loss(q_reps, p_reps):
+    """InfoNCE of all (gathered) queries against all (gathered) passages, groups in rank order."""
+    q_all = distributed.gather_with_grad(q_reps)
+    p_all = distributed.gather_with_grad(p_reps)
+    label = torch.tensor([[1] + [0] * (G - 1)] * q_all.shape[0])
+    return InfoNCELoss(temperature=0.5)(q_all @ p_all.T, label)
+
+
+def reference_grads():
+    model = make_model()
+    queries, passages = make_data()
+    global_loss(model(**queries), model(**passages)).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def worker(rank, init_file, out_dir):
+    torch.set_num_threads(1)  # first: a forked child must not touch the parent's OpenMP pool
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        queries, passages = make_data()
+        q_rows = distributed.shard_range(Q, rank, WORLD)
+        p_rows = range(q_rows.start * G, q_rows.stop * G)
+        my_q, my_p = rows(queries, q_rows), rows(passages, p_rows)
+
+        # (1) plain: gathered loss * world, gradients all-reduced and averaged by hand
+        model = make_model()
+        loss = global_loss(model(**my_q), model(**my_p))
+        (loss * distributed.world_size()).backward()
+        manual = {}
+        for name, p in model.named_parameters():
+            dist.all_reduce(p.grad)
+            manual[name] = p.grad / WORLD
+
+        # (2) DDP + gradient cache with uneven chunks: DDP averages, no_sync until the last chunk
+        ddp = torch.nn.parallel.DistributedDataParallel(make_model())
+        cached_loss = grad_cache_step(lambda b: ddp(**b), my_q, my_p,
+                                      lambda q, p: global_loss(q, p) * distributed.world_size(),
+                                      query_chunk_size=2, passage_chunk_size=4, model=ddp)
+        ddp_grads = {n: p.grad.clone() for n, p in ddp.module.named_parameters()}
+
+        # (3) gather of uneven row counts, in rank order
+        uneven = torch.full((rank + 1, 2), float(rank))
+        gathered = distributed.gather_with_grad(uneven)
+
+        torch.save({"manual": manual, "ddp": ddp_grads, "loss": float(loss.detach()), "cached_loss": float(cached_loss),
+                    "gathered": gathered, "rank": distributed.rank(), "world": distributed.world_size()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gathered_loss_times_world_size_gives_full_batch_gradients(tmp_path):
+    # fork, not spawn: the children inherit the imported torch (and torch._dynamo, which DDP's
+    # constructor imports) instead of re-importing them, which takes most of this test's time
+    import torch._dynamo  # noqa: F401
+
+    mp.start_processes(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="fork")
+    reference = reference_grads()
+    model = make_model()
+    queries, passages = make_data()
+    with torch.no_grad():
+        ref_loss = float(global_loss(model(**queries), model(**passages)))
+    for rank in range(WORLD):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert (out["rank"], out["world"]) == (rank, WORLD)
+        assert out["loss"] == pytest.approx(ref_loss, abs=1e-6)
+        assert out["cached_loss"] == pytest.approx(ref_loss * WORLD, abs=1e-5)
+        for kind in ("manual", "ddp"):
+            for name, grad in reference.items():
+                assert torch.allclose(out[kind][name], grad, atol=1e-5), (kind, name)
+        assert out["gathered"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    assert any(float(g.abs().sum()) > 0 for g in reference.values())
+
+
+def test_without_process_group_helpers_report_a_single_process():
+    assert not distributed.is_distributed()
+    assert (distributed.rank(), distributed.world_size()) == (0, 1)
+    t = torch.randn(3, 2, requires_grad=True)
+    assert distributed.gather_with_grad(t) is t
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (2, 4), (0, 2), (7, 1)])
+def test_shard_ranges_are_contiguous_balanced_and_cover_everything(n, world):
+    shards = [distributed.shard_range(n, r, world) for r in range(world)]
+    assert [i for s in shards for i in s] == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+@pytest.mark.parametrize("n, rank, world", [(5, 2, 2), (5, -1, 2), (5, 0, 0), (-1, 0, 1)])
+def test_shard_range_rejects_impossible_arguments(n, rank, world):
+    with pytest.raises(ConfigError):
+        distributed.shard_range(n, rank, world)

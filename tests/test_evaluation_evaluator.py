@@ -1,0 +1,149 @@
+"""RetrievalEvaluator end to end on a tiny model: files written, metrics exact, cache reused, bad input early."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import pytrec_eval
+import torch
+from transformers import AutoTokenizer
+
+from densekit import (BiEncoderRetriever, DataArguments, EvaluationArguments, MaterializedQRelConfig,
+                      ModelArguments, MultiLevelDataset, RetrievalCollator, RetrievalEvaluator)
+from densekit.data.formats import read_qrels, read_run
+from densekit.errors import ConfigError, InputError
+from tests.helpers import write_beir
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_evaluator(model_dir, beir, out, **eval_kw):
+    model_args = ModelArguments(model_name_or_path=str(model_dir), pooling="mean", normalize=True)
+    model = BiEncoderRetriever.from_model_args(args=model_args)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    data_args = DataArguments(query_max_len=16, passage_max_len=32)
+    dataset = MultiLevelDataset(data_args=data_args, format_query=model.format_query,
+                                format_passage=model.format_passage,
+                                qrel_config=MaterializedQRelConfig(qrel_path=beir / "qrels" / "test.tsv",
+                                                                   corpus_path=beir / "corpus.jsonl",
+                                                                   query_path=beir / "queries.jsonl"))
+    collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token)
+    args = EvaluationArguments(output_dir=str(out), disable_tqdm=True, **eval_kw)
+    return RetrievalEvaluator(args=args, model=model, tokenizer=tokenizer, data_collator=collator,
+                              eval_dataset=dataset)
+
+
+def test_evaluate_writes_run_and_metrics_equal_to_pytrec_eval(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir", graded=True)
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "out", search_topk=10,
+                               measures=["ndcg_cut.10", "recall.10", "recip_rank", "map", "P.5"])
+    aggregate = evaluator.evaluate()
+    run = read_run(tmp_path / "out" / "run.trec")
+    assert len(run) == 6 and all(len(docs) == 10 for docs in run.values())
+    qrels = read_qrels(beir / "qrels" / "test.tsv")
+    reference = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.10", "recip_rank", "map", "P.5"})
+    per_query = reference.evaluate(run)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for ours, theirs in [("nDCG@10", "ndcg_cut_10"), ("Recall@10", "recall_10"), ("MRR", "recip_rank"),
+                         ("MAP", "map"), ("P@5", "P_5")]:
+        expected = np.mean([v[theirs] for v in per_query.values()])
+        assert aggregate[ours] == pytest.approx(expected, abs=1e-6)
+        assert saved["aggregate"][ours] == pytest.approx(expected, abs=1e-6)
+        for qid, values in per_query.items():
+            assert saved["per_query"][ours][qid] == pytest.approx(values[theirs], abs=1e-6)
+    assert (tmp_path / "out" / "report.md").read_text().startswith("| measure | value |")
+
+
+def test_streaming_and_precomputed_search_agree(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    streamed = make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_block_size=4,
+                              per_device_matmul_batch_size=3).search()
+    whole = make_evaluator(tiny_model_dir, beir, tmp_path / "b", precompute_corpus_embs=True).search()
+    np.testing.assert_array_equal(streamed.indices, whole.indices)
+    np.testing.assert_allclose(streamed.scores, whole.scores, atol=1e-5)
+
+
+def test_second_evaluation_reuses_cached_embeddings(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    first = make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache"))
+    metrics_first = first.evaluate()
+    assert first.embedder.rows_encoded == 6 + 18
+    second = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
+    assert second.evaluate() == metrics_first
+    assert second.embedder.rows_encoded == 0
+
+
+def test_changed_max_length_invalidates_cache(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache")).evaluate()
+    other = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
+    other.data_collator.data_args.passage_max_len = 8
+    other.evaluate()
+    assert other.embedder.rows_encoded == 18  # passages again; queries (same length budget) reused
+
+
+def test_encode_only_fills_cache_used_by_evaluate(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    encoder = make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache"))
+    assert encoder.encode()["encoded"] == 24
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
+    evaluator.evaluate()
+    assert evaluator.embedder.rows_encoded == 0
+
+
+def test_encode_without_cache_dir_is_a_config_error(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    with pytest.raises(ConfigError, match="encoding_cache_dir"):
+        make_evaluator(tiny_model_dir, beir, tmp_path / "a").encode()
+
+
+def test_malformed_corpus_line_fails_before_encoding(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    with open(beir / "corpus.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"_id": "broken", "text": \n')
+    with pytest.raises(InputError) as info:
+        make_evaluator(tiny_model_dir, beir, tmp_path / "out")
+    assert info.value.line == 19 and info.value.path.endswith("corpus.jsonl")
+
+
+def test_binary_like_dataset_is_rejected(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "out")
+    with pytest.raises(ConfigError, match="MultiLevelDataset"):
+        RetrievalEvaluator(args=evaluator.args, model=evaluator.model, tokenizer=evaluator.tokenizer,
+                           eval_dataset=[{"query": "x"}])
+
+
+def test_unknown_measure_fails_when_arguments_are_made(tmp_path):
+    with pytest.raises(ConfigError, match="ndcg"):
+        EvaluationArguments(output_dir=str(tmp_path), measures=["ndgc@10"])
+
+
+def test_report_to_wandb_logs_metrics(tiny_model_dir, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is a test dependency; install densekit[test]")
+    logged, started = {}, []
+
+    class FakeRun:
+        def log(self, data):
+            logged.update(data)
+
+    monkeypatch.setattr(wandb, "run", None)
+    monkeypatch.setattr(wandb, "init", lambda **kw: started.append(kw) or FakeRun())
+    beir = write_beir(tmp_path / "beir")
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "out", report_to=["wandb"])
+    aggregate = evaluator.evaluate()
+    assert started and started[0]["project"] == "densekit"
+    assert logged == {f"eval/{k}": v for k, v in aggregate.items()}
+
+
+def test_report_to_unknown_tracker_fails_before_encoding(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    with pytest.raises(ConfigError, match="report_to"):
+        make_evaluator(tiny_model_dir, beir, tmp_path / "out", report_to=["mlflow"])

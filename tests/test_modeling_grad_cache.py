@@ -1,0 +1,262 @@
+"""Gradient cache: the cached step's parameter gradients equal one full-batch step's.
+
+The encoder is a tiny BERT (from conftest) with masked mean pooling. With dropout on, the reference is
+the same chunked forwards kept in one autograd graph (same seed, hence the same dropout masks) and a
+single ``loss.backward()``: the full-batch gradient with identical dropout. With dropout off, the
+reference is one unchunked forward of the whole batch.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from densekit.errors import ConfigError
+from densekit.modeling.grad_cache import RandState, grad_cache_step, make_grad_scaler, split_rows
+from densekit.modeling.losses import InfoNCELoss, KLDistillationLoss
+
+Q, G = 5, 3                      # 5 queries, groups of 3 -> 15 passages
+Q_CHUNK, P_CHUNK = 2, 4          # neither divides its batch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a shared 2-core machine thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def load_encoder(model_dir):
+    model = AutoModel.from_pretrained(model_dir)
+    model.train()  # from_pretrained returns eval mode; dropout must be live
+
+    def encode(batch):
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+    return model, encode
+
+
+def random_batch(rows, seed, length=8):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 5000, (rows, length), generator=g)
+    lengths = torch.randint(3, length + 1, (rows,), generator=g)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def make_loss_fn(kind):
+    if kind == "infonce":
+        loss, label = InfoNCELoss(temperature=0.1), torch.tensor([[1, 0, 0]] * Q)
+    else:
+        loss = KLDistillationLoss(temperature=0.5)
+        label = torch.randn(Q, G, generator=torch.Generator().manual_seed(9)) * 3
+    return lambda q, p: loss(q.float() @ p.float().T, label)
+
+
+def chunks_by_hand(inputs, size):
+    n = len(inputs["input_ids"])
+    return [{k: v[i:i + size] for k, v in inputs.items()} for i in range(0, n, size)]
+
+
+def reference_step(encode, queries, passages, loss_fn, q_chunk, p_chunk, autocast_dtype=None):
+    """Same chunked forwards as the cache, but all kept in one graph and one backward.
+
+    Like the cache, each chunk runs in its own autocast region (so weights are cast, and their
+    gradients summed, per chunk in float32) and the loss sees float32 representations.
+    """
+    def run(chunk):
+        with torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+            return encode(chunk)
+
+    q = torch.cat([run(c) for c in chunks_by_hand(queries, q_chunk)])
+    p = torch.cat([run(c) for c in chunks_by_hand(passages, p_chunk)])
+    loss = loss_fn(q, p)
+    loss.backward()
+    return loss.detach()
+
+
+def grads_of(model):
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def assert_grads_close(got, expected, atol=1e-5, rtol=1e-6):
+    """Within 1e-5, plus a few float32 ulps for entries of size ~100 summed in another order."""
+    assert got.keys() == expected.keys() and len(got) > 10
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=atol, rtol=rtol), (
+            name, (got[name] - expected[name]).abs().max())
+    assert sum(float(g.abs().sum()) for g in expected.values()) > 0
+
+
+@pytest.mark.parametrize("kind", ["infonce", "kl"])
+def test_cached_step_matches_full_batch_gradients_with_dropout(tiny_dropout_model_dir, kind):
+    model, encode = load_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 1), random_batch(Q * G, 2)
+    loss_fn = make_loss_fn(kind)
+
+    torch.manual_seed(123)
+    cached_loss = grad_cache_step(encode, queries, passages, loss_fn,
+                                  query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK)
+    cached = grads_of(model)
+    torch.manual_seed(123)
+    ref_loss = reference_step(encode, queries, passages, loss_fn, Q_CHUNK, P_CHUNK)
+    reference = grads_of(model)
+
+    assert torch.allclose(cached_loss, ref_loss, atol=1e-6) and not cached_loss.requires_grad
+    assert_grads_close(cached, reference)
+
+    # dropout really is on: another seed gives other gradients, so the match above is not vacuous
+    torch.manual_seed(999)
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK)
+    other = grads_of(model)
+    assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
+
+
+def test_cached_step_matches_single_unchunked_forward_without_dropout(tiny_model_dir):
+    model, encode = load_encoder(tiny_model_dir)
+    queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
+    loss_fn = make_loss_fn("infonce")
+
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK)
+    cached = grads_of(model)
+    loss_fn(encode(queries), encode(passages)).backward()
+    # one batched forward rounds differently from chunked ones: float32 relative error, not exactness
+    assert_grads_close(cached, grads_of(model), atol=1e-5, rtol=1e-5)
+
+
+def test_cached_step_leaves_the_rng_stream_where_plain_chunked_forwards_would(tiny_dropout_model_dir):
+    model, encode = load_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 5), random_batch(Q * G, 6)
+    loss_fn = make_loss_fn("infonce")
+    torch.manual_seed(7)
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK)
+    after_cached = torch.rand(4)
+    torch.manual_seed(7)
+    reference_step(encode, queries, passages, loss_fn, Q_CHUNK, P_CHUNK)
+    assert torch.equal(after_cached, torch.rand(4))
+
+
+def test_grad_scaler_scales_parameter_gradients_and_unscale_recovers_them(tiny_model_dir):
+    model, encode = load_encoder(tiny_model_dir)
+    queries, passages = random_batch(Q, 7), random_batch(Q * G, 8)
+    loss_fn = make_loss_fn("infonce")
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK)
+    plain = grads_of(model)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    loss = grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK,
+                           passage_chunk_size=P_CHUNK, scaler=scaler)
+    name = next(iter(plain))
+    weight = dict(model.named_parameters())[name]
+    assert torch.allclose(weight.grad, plain[name] * 1024.0, rtol=1e-4, atol=1e-4)
+    scaler.unscale_(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert_grads_close(grads_of(model), plain)
+    assert float(loss) < 100  # the returned loss is not scaled
+
+
+def test_bf16_autocast_on_cpu_matches_reference_under_the_same_autocast(tiny_dropout_model_dir):
+    model, encode = load_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 9), random_batch(Q * G, 10)
+    loss_fn = make_loss_fn("infonce")
+    torch.manual_seed(5)
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK,
+                    passage_chunk_size=P_CHUNK, autocast_dtype=torch.bfloat16)
+    cached = grads_of(model)
+    torch.manual_seed(5)
+    reference_step(encode, queries, passages, loss_fn, Q_CHUNK, P_CHUNK, autocast_dtype=torch.bfloat16)
+    reference = grads_of(model)
+    assert_grads_close(cached, reference)
+
+
+def test_make_grad_scaler_gives_a_scaler_only_for_fp16_on_cuda():
+    assert make_grad_scaler("cpu", torch.bfloat16) is None
+    assert make_grad_scaler("cpu", torch.float16) is None
+    assert make_grad_scaler("cuda", torch.bfloat16) is None
+
+
+class CountingNoSync(torch.nn.Module):
+    """A stand-in for a DDP module: counts the passes run inside no_sync()."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.inside = False
+        self.unsynced_backwards = 0
+        self.synced_backwards = 0
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+
+    def forward(self, batch):
+        out = self.linear(batch["x"])
+        if out.requires_grad:
+            out.register_hook(self._count)
+        return out
+
+    def _count(self, grad):
+        if self.inside:
+            self.unsynced_backwards += 1
+        else:
+            self.synced_backwards += 1
+
+
+def test_every_chunk_pass_but_the_last_runs_under_no_sync():
+    model = CountingNoSync()
+    queries, passages = {"x": torch.randn(5, 4)}, {"x": torch.randn(10, 4)}
+    grad_cache_step(model, queries, passages, lambda q, p: InfoNCELoss()(q @ p.T, None),
+                    query_chunk_size=2, passage_chunk_size=4, model=model)
+    assert (model.unsynced_backwards, model.synced_backwards) == (3 + 3 - 1, 1)
+
+
+def test_split_rows_splits_every_key_with_a_short_last_chunk():
+    chunks = split_rows({"input_ids": torch.arange(7)[:, None], "ids": list("abcdefg")}, 3)
+    assert [len(c["ids"]) for c in chunks] == [3, 3, 1]
+    assert chunks[2]["ids"] == ["g"] and chunks[2]["input_ids"].tolist() == [[6]]
+    assert len(split_rows({"x": torch.zeros(4)}, None)) == 1
+
+
+@pytest.mark.parametrize("inputs, size", [({"a": torch.zeros(3), "b": torch.zeros(4)}, 2),
+                                          ({"a": torch.zeros(3)}, 0), ({}, 2)])
+def test_split_rows_refuses_inconsistent_inputs(inputs, size):
+    with pytest.raises(ConfigError):
+        split_rows(inputs, size)
+
+
+def test_loss_fn_returning_a_non_scalar_is_a_config_error():
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ConfigError, match="scalar"):
+        grad_cache_step(lambda b: model(b["x"]), {"x": torch.randn(2, 4)}, {"x": torch.randn(2, 4)},
+                        lambda q, p: q @ p.T)
+
+
+def test_rand_state_replays_dropout_and_restores_the_outer_stream():
+    torch.manual_seed(0)
+    state = RandState()
+    first = torch.nn.functional.dropout(torch.ones(100), 0.5)
+    next_draw = torch.rand(3)
+    torch.manual_seed(0)
+    torch.nn.functional.dropout(torch.ones(100), 0.5)
+    with state.replay():
+        assert torch.equal(torch.nn.functional.dropout(torch.ones(100), 0.5), first)
+    assert torch.equal(torch.rand(3), next_draw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rand_state_replays_cuda_dropout():
+    state = RandState()
+    first = torch.nn.functional.dropout(torch.ones(100, device="cuda"), 0.5)
+    with state.replay():
+        assert torch.equal(torch.nn.functional.dropout(torch.ones(100, device="cuda"), 0.5), first)
