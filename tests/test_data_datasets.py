@@ -37,7 +37,7 @@ def test_short_groups_are_filled_by_repeating_documents(beir):
 
 def test_random_selection_is_reproducible_per_epoch_and_changes_across_epochs(tmp_path):
     folder = write_beir(tmp_path / "b", graded=True)
-    args = DataArguments(group_size=2, passage_selection_strategy="random", seed=7)
+    args = DataArguments(group_size=2, passage_selection_strategy="random", sampling_seed=7)
     one, two = MultiLevelDataset(args, conf(folder)), MultiLevelDataset(args, conf(folder))
     groups = [tuple(one[i]["passage"]) for i in range(len(one))]
     assert groups == [tuple(two[i]["passage"]) for i in range(len(two))]

@@ -1,0 +1,88 @@
+"""The ``densekit`` command: evaluate from flags or a YAML file, the demo, and errors as one clear line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from densekit.cli.main import main
+from tests.helpers import write_beir
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_evaluate_from_flags_writes_results_and_summary(tiny_model_dir, tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir", split="dev")
+    rc = main(["evaluate", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir), "--split", "dev",
+               "--output_dir", str(tmp_path / "out"), "--measures", "ndcg_cut.10", "recall.100",
+               "--disable_tqdm", "true"])
+    assert rc == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("densekit evaluate: nDCG@10=") and "6 queries, 18 documents" in last_line
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics["aggregate"]) == {"nDCG@10", "Recall@100"}
+    assert len(metrics["per_query"]["nDCG@10"]) == 6
+    lines = (tmp_path / "out" / "run.trec").read_text().splitlines()
+    assert lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1" and lines[0].split()[5] == "densekit"
+
+
+def test_evaluate_from_yaml_with_flag_override(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_model_dir}\ndataset: {beir}\noutput_dir: {tmp_path / 'ignored'}\n"
+        "measures: [nDCG@5, P@5]\nsearch_topk: 5\ndisable_tqdm: true\n", encoding="utf-8")
+    assert main(["evaluate", str(config), "--output_dir", str(tmp_path / "chosen")]) == 0
+    metrics = json.loads((tmp_path / "chosen" / "metrics.json").read_text())
+    assert set(metrics["aggregate"]) == {"nDCG@5", "P@5"} and metrics["settings"]["search_topk"] == 5
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_yaml_with_unknown_option_is_reported(tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text("model_name_or_path: x\ndatset: typo\n", encoding="utf-8")
+    assert main(["evaluate", str(config)]) == 1
+    assert "datset" in capsys.readouterr().err
+
+
+def test_bad_qrel_line_is_one_error_line_with_file_and_line(tiny_model_dir, tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir")
+    with open(beir / "qrels" / "test.tsv", "a", encoding="utf-8") as handle:
+        handle.write("q-cats\tcats-2\tvery\n")
+    rc = main(["evaluate", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir),
+               "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "test.tsv:14" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "run.trec").exists()
+
+
+def test_missing_dataset_folder_is_reported(tiny_model_dir, tmp_path, capsys):
+    rc = main(["evaluate", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(tmp_path / "nope")])
+    assert rc == 1 and "nope" in capsys.readouterr().err
+
+
+def test_demo_runs_on_builtin_collection(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DENSEKIT_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "densekit evaluate: nDCG@10=" in out
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert metrics["settings"]["num_queries"] > 100 and metrics["settings"]["num_documents"] > 1000
+
+
+def test_console_script_lists_commands_and_rejects_unknown_ones():
+    help_text = subprocess.run(["densekit", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("evaluate", "demo"):
+        assert command in help_text
+    bad = subprocess.run([sys.executable, "-m", "densekit.cli.main", "evalute"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
