@@ -181,11 +181,24 @@ def test_read_qrels_merges_files_and_rejects_conflicting_scores(tmp_path):
     assert err.value.path == str(c) and err.value.line == 2 and f"{a}:1" in str(err.value)
 
 
-def test_qrel_score_must_be_an_integer(tmp_path):
-    path = write(tmp_path / "q.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0.5\n")
+def test_qrel_score_must_be_a_number(tmp_path):
+    path = write(tmp_path / "q.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\thigh\n")
     with pytest.raises(InputError) as err:
         read_qrels(path)
-    assert err.value.line == 3 and "'0.5'" in str(err.value)
+    assert err.value.line == 3 and "'high'" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_qrel_score_must_be_finite(tmp_path, bad):
+    with pytest.raises(InputError, match="not a number"):
+        read_qrels(write(tmp_path / "q.tsv", f"q1\td1\t{bad}\n"))
+
+
+def test_real_valued_scores_round_trip_exactly(tmp_path):
+    qrels = {"q1": {"d1": 0.8234567891234, "d2": 1}, "q2": {"d3": -2.5}}
+    write_qrels(tmp_path / "mined.tsv", qrels)
+    back = read_qrels(tmp_path / "mined.tsv")
+    assert back == qrels and isinstance(back["q1"]["d2"], int)
 
 
 @pytest.mark.parametrize("content, line", [("q1\td1\n", 1), ("q1\td1\t1\nq1 0 d2 1\n", 2), ("a b c d e\n", 1)])
@@ -207,9 +220,9 @@ def test_write_qrels_round_trips(tmp_path, fmt, name):
     assert first == ("query-id\tcorpus-id\tscore" if fmt == "beir" else "q1 0 d1 1")
 
 
-def test_write_qrels_rejects_fractional_scores(tmp_path):
+def test_write_qrels_rejects_non_finite_scores(tmp_path):
     with pytest.raises(ConfigError):
-        write_qrels(tmp_path / "q.tsv", {"q": {"d": 0.5}})
+        write_qrels(tmp_path / "q.tsv", {"q": {"d": float("nan")}})
     assert not (tmp_path / "q.tsv").exists()
 
 

@@ -147,3 +147,36 @@ def test_report_to_unknown_tracker_fails_before_encoding(tiny_model_dir, tmp_pat
     beir = write_beir(tmp_path / "beir")
     with pytest.raises(ConfigError, match="report_to"):
         make_evaluator(tiny_model_dir, beir, tmp_path / "out", report_to=["mlflow"])
+
+
+def test_mining_excludes_every_annotated_document_and_fills_topk(tiny_model_dir, tmp_path):
+    from densekit.data.formats import read_qrels
+
+    beir = write_beir(tmp_path / "beir", graded=True)
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "out", search_topk=5, no_annot_in_mined_hn=True,
+                               merge_mined_qrels=True)
+    paths = evaluator.mine_hard_negatives()
+    mined = read_qrels(paths["mined"])
+    original = read_qrels(beir / "qrels" / "test.tsv")
+    assert set(mined) == set(original)
+    for qid, docs in mined.items():
+        assert len(docs) == 5
+        assert not set(docs) & set(original[qid])
+    merged = read_qrels(paths["merged"])
+    for qid, docs in original.items():
+        assert all(merged[qid][d] == s for d, s in docs.items())  # every original judgment kept as it was
+        assert {d for d, s in merged[qid].items() if d not in docs} == set(mined[qid])
+        assert all(merged[qid][d] == 0 for d in mined[qid])
+
+
+def test_mining_without_exclusion_returns_top_documents_with_scores(tiny_model_dir, tmp_path):
+    from densekit.data.formats import read_qrels
+
+    beir = write_beir(tmp_path / "beir")
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "out", search_topk=4)
+    mined = read_qrels(evaluator.mine_hard_negatives()["mined"])
+    search = evaluator.search(topk=4)
+    for row, qid in enumerate(search.query_ids):
+        expected = {search.doc_ids[i]: s for i, s in zip(search.indices[row], search.scores[row])}
+        assert mined[qid] == pytest.approx(expected, abs=1e-6)
+    assert not (tmp_path / "out" / "merged_qrels.tsv").exists()

@@ -113,3 +113,49 @@ def test_evaluation_section_runs_as_written(guide_files, tiny_model_dir, no_wand
 
     # --- seed block: Encoding (reuses the cache the evaluation filled)
     assert evaluator.encode()["encoded"] == 0
+
+
+def test_hard_negative_mining_section_runs_as_written(guide_files, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from densekit import (BiEncoderRetriever, DataArguments, EvaluationArguments, MaterializedQRelConfig,
+                          ModelArguments, MultiLevelDataset, RetrievalCollator, RetrievalEvaluator)
+    from densekit.data.formats import read_qrels
+
+    model_args = ModelArguments(model_name_or_path=str(tiny_model_dir), encoder_class="default", pooling="mean",
+                                normalize=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    model = BiEncoderRetriever.from_model_args(args=model_args)
+    data_args = DataArguments(dataset_name="msmarco", query_max_len=32, passage_max_len=128)
+    # --- seed block: updated EvaluationArguments for mining
+    eval_args = EvaluationArguments(
+        output_dir="./hn_mining_results",
+        encoding_cache_dir="./model_encoding_cache_root",  # Only needed if you want to cache the embeddings.
+        broadcast_output=False,  # save memory
+        search_topk=15,  # mine 15 negatives for each query
+        no_annot_in_mined_hn=True,
+        merge_mined_qrels=True,
+    )
+    # --- seed block: let annotated negatives through (labels >= 1 only in the dataset)
+    mqrel_conf = MaterializedQRelConfig(
+        min_score=1,  # only include documents with labels >= 1
+        qrel_path="test_qrel.tsv",
+        corpus_path="corpus.jsonl",
+        query_path="queries.jsonl",
+    )
+    dataset = MultiLevelDataset(data_args=data_args, format_query=model.format_query,
+                                format_passage=model.format_passage, qrel_config=mqrel_conf, num_proc=8)
+    data_collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token)
+    evaluator = RetrievalEvaluator(args=eval_args, model=model, tokenizer=tokenizer, data_collator=data_collator,
+                                   eval_dataset=dataset)
+    # --- seed block
+    evaluator.mine_hard_negatives()
+
+    mined = read_qrels(guide_files / "hn_mining_results" / "mined_qrels.tsv")
+    judged = read_qrels(guide_files / "test_qrel.tsv")
+    for qid, docs in mined.items():
+        assert len(docs) == 15
+        positives = {d for d, s in judged[qid].items() if s >= 1}
+        negatives = {d for d, s in judged[qid].items() if s < 1}
+        assert not positives & set(docs)  # annotated positives excluded
+        assert negatives <= set(docs) or len(negatives) == 0  # annotated negatives may be mined (16 candidates)

@@ -49,6 +49,14 @@ class EvaluationArguments(TrainingArguments):
         default=16_384, metadata={"help": "Corpus texts encoded per block between search/checkpoint steps."}
     )
     report_to: Optional[list[str] | str] = field(default="none", metadata={"help": "Where to log metrics."})
+    no_annot_in_mined_hn: bool = field(
+        default=False,
+        metadata={"help": "Mining: leave every annotated document of the dataset out of the mined negatives."},
+    )
+    merge_mined_qrels: bool = field(
+        default=False,
+        metadata={"help": "Mining: also write merged_qrels.tsv = the dataset's judgments + mined documents as 0."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

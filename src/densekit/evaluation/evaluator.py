@@ -19,6 +19,7 @@ import torch
 from densekit.cache import EmbeddingCache
 from densekit.data.collator import RetrievalCollator
 from densekit.data.datasets import MultiLevelDataset
+from densekit.data.formats import write_qrels
 from densekit.errors import ConfigError
 from densekit.evaluation.embeddings import Embedder, model_fingerprint, weights_fingerprint
 from densekit.evaluation.encoding import encode_texts
@@ -175,3 +176,49 @@ class RetrievalEvaluator:
                                    "num_queries": len(result.query_ids), "num_documents": len(result.doc_ids)})
         report_metrics(self.args.report_to, metrics.aggregate)
         return dict(metrics.aggregate)
+
+    # ------------------------------------------------------------------------------------- mining
+    def mine_hard_negatives(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, Path]:
+        """Retrieve ``search_topk`` documents per query and write them as a qrel file of similarity scores.
+
+        With ``no_annot_in_mined_hn`` every document the dataset annotates for a query (after the dataset's
+        own filters, so ``min_score=1`` lets annotated negatives through) is left out, and the search goes
+        deep enough that each query still gets ``search_topk`` documents when the corpus allows.
+        Writes ``output_dir/mined_qrels.tsv`` (query-id, corpus-id, similarity) and, with
+        ``merge_mined_qrels``, ``output_dir/merged_qrels.tsv``: every judgment of the dataset with its
+        label, plus each mined document not judged for that query with label 0, ready for training.
+        """
+        began = time.perf_counter()
+        dataset = self._dataset(eval_dataset)
+        k = self.args.search_topk
+        depth = k
+        if self.args.no_annot_in_mined_hn:
+            depth = k + max((len(dataset.qrels.get(q, {})) for q in dataset.query_ids), default=0)
+        result = self.search(dataset, topk=min(depth, len(dataset.corpus)))
+        mined: dict[str, dict[str, float]] = {}
+        for row, qid in enumerate(result.query_ids):
+            annotated = dataset.qrels.get(qid, {}) if self.args.no_annot_in_mined_hn else {}
+            docs: dict[str, float] = {}
+            for index, score in zip(result.indices[row], result.scores[row]):
+                if index < 0 or len(docs) == k:
+                    break
+                doc_id = result.doc_ids[index]
+                if doc_id not in annotated:
+                    docs[doc_id] = float(score)
+            mined[qid] = docs
+        output_dir = Path(self.args.output_dir)
+        paths = {"mined": output_dir / "mined_qrels.tsv"}
+        write_qrels(paths["mined"], mined)
+        if self.args.merge_mined_qrels:
+            merged = {qid: dict(docs) for qid, docs in dataset.qrels.items()}
+            for qid, docs in mined.items():
+                target = merged.setdefault(qid, {})
+                for doc_id in docs:
+                    target.setdefault(doc_id, 0)
+            paths["merged"] = output_dir / "merged_qrels.tsv"
+            write_qrels(paths["merged"], merged)
+        count = sum(len(d) for d in mined.values())
+        print(f"densekit mine: {count} documents for {len(mined)} queries "
+              f"({count / max(1, len(mined)):.1f} per query) -> {paths['mined']} "
+              f"in {time.perf_counter() - began:.1f}s", flush=True)
+        return paths

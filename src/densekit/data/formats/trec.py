@@ -1,7 +1,8 @@
 """Relevance judgments (qrels) and ranked runs in the whitespace-separated layouts of TREC and BEIR.
 
 Qrels: BEIR ``query-id<TAB>corpus-id<TAB>score`` with a header line, the same 3 columns without header, or
-TREC ``qid 0 docid rel``; all may be gzip-compressed. Scores are integer relevance grades. Several files
+TREC ``qid 0 docid rel``; all may be gzip-compressed. Scores are relevance grades (integers) or real
+numbers (similarities of mined negatives, teacher scores for distillation); integers stay ``int``. Several files
 merge into one dict; the same (query, document) judged twice with *different* scores is an error naming
 both places (it means two inconsistent sources), an identical repeat is accepted.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import re
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -26,13 +28,26 @@ from densekit.errors import ConfigError, InputError
 from densekit.files import atomic_write
 
 PathLike = Union[str, Path]
-Qrels = dict[str, dict[str, int]]
+Qrels = dict[str, dict[str, Union[int, float]]]
 Run = dict[str, dict[str, float]]
 _HEADER_WORD = re.compile(r"^[A-Za-z_][A-Za-z_\-]*$")
 _QREL_FIX = "use 'query-id<TAB>corpus-id<TAB>score' (BEIR) or 'qid 0 docid rel' (TREC), one judgment per line."
 
 
-def _qrel_lines(path: PathLike) -> Iterable[tuple[int, str, str, int]]:
+def parse_score(text: str) -> Union[int, float, None]:
+    """An integer grade, else a finite real number, else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _qrel_lines(path: PathLike) -> Iterable[tuple[int, str, str, Union[int, float]]]:
     """``(line, qid, docid, score)`` for every judgment of one file."""
     ncols = None
     for lineno, line in numbered_lines(path, "qrels"):
@@ -48,11 +63,10 @@ def _qrel_lines(path: PathLike) -> Iterable[tuple[int, str, str, int]]:
             raise InputError(f"{len(fields)} columns, but the first judgment had {ncols}.", path=path,
                              line=lineno, fix=_QREL_FIX)
         qid, did, score = (fields[0], fields[1], fields[2]) if ncols == 3 else (fields[0], fields[2], fields[3])
-        try:
-            value = int(score)
-        except ValueError:
-            raise InputError(f"relevance score {score!r} is not an integer.", path=path, line=lineno,
-                             fix="qrel scores are integer grades (0, 1, 2, ...).") from None
+        value = parse_score(score)
+        if value is None:
+            raise InputError(f"relevance score {score!r} is not a number.", path=path, line=lineno,
+                             fix="qrel scores are grades (0, 1, 2, ...) or finite real numbers.")
         yield lineno, qid, did, value
 
 
@@ -105,9 +119,10 @@ def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, float]], format
     lines = ["query-id\tcorpus-id\tscore\n"] if format == "beir" else []
     for qid, docs in qrels.items():
         for did, score in docs.items():
-            if float(score) != int(score):
-                raise ConfigError(f"qrel score {score!r} for ({qid!r}, {did!r}) is not an integer.")
-            lines.append(template.format(qid, did, int(score)))
+            if not math.isfinite(score):
+                raise ConfigError(f"qrel score {score!r} for ({qid!r}, {did!r}) is not a finite number.")
+            # Integral scores are written as grades; real scores with repr() so they read back exactly.
+            lines.append(template.format(qid, did, int(score) if float(score).is_integer() else repr(float(score))))
     with _output(path) as handle:
         handle.write("".join(lines).encode("utf-8"))
 
