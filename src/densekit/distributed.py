@@ -80,3 +80,26 @@ def shard_range(n: int, rank: int, world: int) -> range:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+def all_gather_objects(obj, to_all: bool = True):
+    """Picklable ``obj`` of every rank, in rank order (numpy arrays, tuples of them...).
+
+    With ``to_all=False`` only rank 0 receives the list; other ranks get ``None`` (saves memory when the
+    result is only written out by rank 0). Without a process group: ``[obj]``.
+    """
+    if not is_distributed():
+        return [obj]
+    if to_all:
+        gathered = [None] * world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    gathered = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_distributed():
+        dist.barrier()

@@ -26,7 +26,8 @@ from densekit.evaluation.encoding import encode_texts
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
 from densekit.evaluation.output import check_reporters, report_metrics, write_evaluation
-from densekit.search.topk import FastResultHeapq
+from densekit import distributed
+from densekit.search.topk import FastResultHeapq, merge_topk
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +134,29 @@ class RetrievalEvaluator:
 
     # ------------------------------------------------------------------------------------- search
     def search(self, eval_dataset: Optional[MultiLevelDataset] = None, topk: Optional[int] = None) -> SearchOutput:
-        """Exact top-k documents for every judged query of the dataset."""
+        """Exact top-k documents for every judged query of the dataset.
+
+        Under ``torch.distributed`` (torchrun, accelerate, deepspeed launchers) each rank encodes its
+        contiguous shard of the queries and of the corpus; the query vectors are all-gathered, each rank
+        searches its corpus shard, and the partial top-k lists are merged exactly (ties to the lower
+        corpus index, as in one process). With ``broadcast_output=False`` only rank 0 receives the result
+        (other ranks get ``None``). Cache entries are per shard, so they are reused by runs with the same
+        number of processes.
+        """
         dataset = self._dataset(eval_dataset)
         topk = topk or self.args.search_topk
-        query_embs = self.embedder.embed(dataset.query_ids, self._query_texts(dataset), "query",
-                                         name=dataset.query_cache)
-        queries = torch.tensor(np.asarray(query_embs), device=self.device)  # copy: cache blocks are read-only
+        world, me = distributed.world_size(), distributed.rank()
+        query_ids, query_texts = list(dataset.query_ids), self._query_texts(dataset)
+        doc_ids, corpus_texts = list(dataset.corpus.ids), self._corpus_texts(dataset)
+        q_rows = distributed.shard_range(len(query_ids), me, world)
+        c_rows = distributed.shard_range(len(doc_ids), me, world)
+        shard_name = (lambda name: name and (name if world == 1 else f"{name}.rank{me}of{world}"))
+        query_embs = self.embedder.embed(query_ids[q_rows.start:q_rows.stop], query_texts[q_rows.start:q_rows.stop],
+                                         "query", name=shard_name(dataset.query_cache))
+        query_embs = np.asarray(query_embs, dtype=np.float32)
+        if world > 1:
+            query_embs = np.concatenate(distributed.all_gather_objects(query_embs))
+        queries = torch.tensor(query_embs, device=self.device)  # a copy: cache blocks are read-only
         heap = FastResultHeapq(topk=topk, device=self.device)
         chunk = self.args.per_device_matmul_batch_size
 
@@ -146,35 +164,52 @@ class RetrievalEvaluator:
             block_t = torch.tensor(np.asarray(block), device=self.device)
             with torch.inference_mode():
                 for offset in range(0, len(block_t), chunk):
-                    part = block_t[offset:offset + chunk]
-                    heap.add(queries @ part.T, offset=start + offset)
+                    heap.add(queries @ block_t[offset:offset + chunk].T, offset=c_rows.start + start + offset)
 
-        doc_ids = list(dataset.corpus.ids)
-        corpus_texts = self._corpus_texts(dataset)
-        if self.args.precompute_corpus_embs:
-            corpus_embs = self.embedder.embed(doc_ids, corpus_texts, "passage", name=dataset.corpus_cache)
-            score_block(0, corpus_embs)
+        shard_ids, shard_texts = doc_ids[c_rows.start:c_rows.stop], corpus_texts[c_rows.start:c_rows.stop]
+        name = shard_name(dataset.corpus_cache)
+        if not shard_ids:
+            scores = torch.full((len(query_ids), topk), float("-inf"))
+            indices = torch.full((len(query_ids), topk), -1, dtype=torch.int64)
         else:
-            self.embedder.embed(doc_ids, corpus_texts, "passage", name=dataset.corpus_cache, on_block=score_block)
-        scores, indices = heap.results()
-        return SearchOutput(query_ids=list(dataset.query_ids), doc_ids=doc_ids,
-                            scores=scores.cpu().numpy(), indices=indices.cpu().numpy())
+            if self.args.precompute_corpus_embs:
+                score_block(0, self.embedder.embed(shard_ids, shard_texts, "passage", name=name))
+            else:
+                self.embedder.embed(shard_ids, shard_texts, "passage", name=name, on_block=score_block)
+            scores, indices = heap.results()
+        scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
+        if world > 1:
+            parts = distributed.all_gather_objects((scores, indices), to_all=self.args.broadcast_output)
+            if parts is None:
+                return None
+            scores, indices = merge_topk(parts, topk=topk)
+        return SearchOutput(query_ids=query_ids, doc_ids=doc_ids, scores=scores, indices=indices)
 
     # --------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, float]:
-        """Search, score with ``args.measures``, write run.trec / metrics.json; return the aggregate metrics."""
+        """Search, score with ``args.measures``, write run.trec / metrics.json / report.md; return the aggregate.
+
+        In distributed runs rank 0 writes the files; other ranks return the metrics too, or ``{}`` when
+        ``broadcast_output=False``.
+        """
         began = time.perf_counter()
         dataset = self._dataset(eval_dataset)
         result = self.search(dataset)
+        if result is None:
+            distributed.barrier()
+            return {}
         metrics: MetricResults = compute_metrics(
             dataset.qrels, result.query_ids, result.indices, result.scores, result.doc_ids,
             measures=self.args.measures,
         )
-        seconds = time.perf_counter() - began
-        write_evaluation(Path(self.args.output_dir), result, metrics, tag=self.args.run_tag, seconds=seconds,
-                         settings={"search_topk": self.args.search_topk,
-                                   "num_queries": len(result.query_ids), "num_documents": len(result.doc_ids)})
-        report_metrics(self.args.report_to, metrics.aggregate)
+        if distributed.rank() == 0:
+            write_evaluation(Path(self.args.output_dir), result, metrics, tag=self.args.run_tag,
+                             seconds=time.perf_counter() - began,
+                             settings={"search_topk": self.args.search_topk, "num_queries": len(result.query_ids),
+                                       "num_documents": len(result.doc_ids),
+                                       "processes": distributed.world_size()})
+            report_metrics(self.args.report_to, metrics.aggregate)
+        distributed.barrier()
         return dict(metrics.aggregate)
 
     # ------------------------------------------------------------------------------------- mining
@@ -195,6 +230,13 @@ class RetrievalEvaluator:
         if self.args.no_annot_in_mined_hn:
             depth = k + max((len(dataset.qrels.get(q, {})) for q in dataset.query_ids), default=0)
         result = self.search(dataset, topk=min(depth, len(dataset.corpus)))
+        output_dir = Path(self.args.output_dir)
+        paths = {"mined": output_dir / "mined_qrels.tsv"}
+        if self.args.merge_mined_qrels:
+            paths["merged"] = output_dir / "merged_qrels.tsv"
+        if result is None or distributed.rank() != 0:
+            distributed.barrier()
+            return paths
         mined: dict[str, dict[str, float]] = {}
         for row, qid in enumerate(result.query_ids):
             annotated = dataset.qrels.get(qid, {}) if self.args.no_annot_in_mined_hn else {}
@@ -206,8 +248,6 @@ class RetrievalEvaluator:
                 if doc_id not in annotated:
                     docs[doc_id] = float(score)
             mined[qid] = docs
-        output_dir = Path(self.args.output_dir)
-        paths = {"mined": output_dir / "mined_qrels.tsv"}
         write_qrels(paths["mined"], mined)
         if self.args.merge_mined_qrels:
             merged = {qid: dict(docs) for qid, docs in dataset.qrels.items()}
@@ -215,10 +255,10 @@ class RetrievalEvaluator:
                 target = merged.setdefault(qid, {})
                 for doc_id in docs:
                     target.setdefault(doc_id, 0)
-            paths["merged"] = output_dir / "merged_qrels.tsv"
             write_qrels(paths["merged"], merged)
         count = sum(len(d) for d in mined.values())
         print(f"densekit mine: {count} documents for {len(mined)} queries "
               f"({count / max(1, len(mined)):.1f} per query) -> {paths['mined']} "
               f"in {time.perf_counter() - began:.1f}s", flush=True)
+        distributed.barrier()
         return paths
