@@ -73,6 +73,27 @@ class CacheEntry:
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
 
+    @classmethod
+    def open(cls, path: str | Path) -> "CacheEntry":
+        """A finished embedding folder (written by ``densekit encode`` or the cache), checked whole."""
+        from densekit.errors import InputError
+
+        path = Path(path)
+        manifest = _read_json(path / "manifest.json")
+        if manifest is None:
+            raise InputError("not a finished embedding folder (no manifest.json).", path=path,
+                             fix="run `densekit encode` for it again; an interrupted run resumes where it stopped.")
+        entry = cls(path=path, key=manifest["key"], block_size=manifest["block_size"])
+        if not entry.is_complete():
+            raise InputError("embedding folder is damaged (a block is missing or fails its checksum).", path=path,
+                             fix="run the same `densekit encode` command again: it re-encodes the damaged blocks.")
+        return entry
+
+    @property
+    def info(self) -> dict:
+        """What the manifest says beyond the blocks (kind, source file, shard...)."""
+        return (self._read_manifest() or {}).get("info", {})
+
     def block_path(self, number: int) -> Path:
         return self.path / f"block_{number:06d}.npy"
 
@@ -95,12 +116,20 @@ class CacheEntry:
         """Ids and embeddings of a complete entry (blocks memory-mapped, then joined)."""
         manifest = self._read_manifest()
         assert manifest is not None, "load() called on an incomplete entry"
-        ids = (self.path / "ids.txt").read_text(encoding="utf-8").split("\n")[: manifest["count"]]
+        ids = self.read_ids()
         blocks = [np.load(self.block_path(n), mmap_mode="r" if mmap else None)
                   for n in range(len(manifest["block_bytes"]))]
         if not blocks:
             return ids, np.zeros((0, manifest["dim"]), dtype=np.float32)
         return ids, np.concatenate(blocks) if len(blocks) > 1 else np.asarray(blocks[0])
+
+    def read_ids(self) -> list[str]:
+        """The ids of a complete entry, in row order."""
+        manifest = self._read_manifest()
+        assert manifest is not None, "read_ids() called on an incomplete entry"
+        if manifest["count"] == 0:
+            return []
+        return (self.path / "ids.txt").read_text(encoding="utf-8").split("\n")[: manifest["count"]]
 
     def iter_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, block) pairs of a complete entry, memory-mapped: search without loading it all."""
@@ -130,6 +159,7 @@ class CacheEntry:
         ids: Sequence[str],
         encode_rows: Callable[[int, int], np.ndarray],
         on_block: Optional[Callable[[int, np.ndarray], None]] = None,
+        info: Optional[dict] = None,
     ) -> int:
         """Encode rows [start, stop) block by block with ``encode_rows``, reusing finished blocks.
 
@@ -177,7 +207,8 @@ class CacheEntry:
         with atomic_write(self.path / "ids.txt") as handle:
             handle.write("\n".join(ids))
         manifest = {"version": FORMAT_VERSION, "key": self.key, "count": len(ids), "dim": dim or 0,
-                    "block_size": self.block_size, "block_bytes": sizes, "block_sha256": digests}
+                    "block_size": self.block_size, "block_bytes": sizes, "block_sha256": digests,
+                    "info": info or {}}
         with atomic_write(self.manifest_path) as handle:
             json.dump(manifest, handle, indent=1)
         meta_path.unlink(missing_ok=True)

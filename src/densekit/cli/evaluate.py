@@ -50,9 +50,9 @@ def qrel_config_from(args: DatasetArguments) -> MaterializedQRelConfig:
     )
 
 
-def evaluate(model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments,
-             dataset_args: DatasetArguments) -> dict[str, float]:
-    """Build model, dataset and evaluator from parsed options and run the evaluation."""
+def build_evaluator(model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments,
+                    dataset_args: DatasetArguments):
+    """Model, tokenizer, dataset and RetrievalEvaluator from parsed options (shared by evaluate and mine)."""
     from transformers import AutoTokenizer
 
     from densekit.data.collator import RetrievalCollator
@@ -67,9 +67,14 @@ def evaluate(model_args: ModelArguments, data_args: DataArguments, eval_args: Ev
     dataset = MultiLevelDataset(data_args=data_args, qrel_config=qrel_config, format_query=model.format_query,
                                 format_passage=model.format_passage, store_cache_dir=dataset_args.store_cache_dir)
     collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token)
-    evaluator = RetrievalEvaluator(args=eval_args, model=model, tokenizer=tokenizer, data_collator=collator,
-                                   eval_dataset=dataset)
-    return evaluator.evaluate()
+    return RetrievalEvaluator(args=eval_args, model=model, tokenizer=tokenizer, data_collator=collator,
+                              eval_dataset=dataset)
+
+
+def evaluate(model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments,
+             dataset_args: DatasetArguments) -> dict[str, float]:
+    """Build model, dataset and evaluator from parsed options and run the evaluation."""
+    return build_evaluator(model_args, data_args, eval_args, dataset_args).evaluate()
 
 
 def run(argv) -> int:

@@ -10,6 +10,9 @@ from densekit.errors import DensekitError
 # sub-command -> (module, one-line help)
 COMMANDS = {
     "evaluate": ("densekit.cli.evaluate", "encode a corpus and queries, search, score: run.trec + metrics.json"),
+    "encode": ("densekit.cli.encode", "embed a corpus/query file (or one shard) into a resumable embedding folder"),
+    "search": ("densekit.cli.search", "exact top-k over embedding folders -> run.trec (+ metrics with --qrels)"),
+    "mine": ("densekit.cli.mine", "hard negatives for judged queries -> mined_qrels.tsv (+ merged_qrels.tsv)"),
     "demo": ("densekit.cli.demo", "evaluate the bundled MiniLM on the built-in demo collection (no download)"),
 }
 
