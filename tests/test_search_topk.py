@@ -1,0 +1,204 @@
+"""Exact streaming top-k: checked against a brute-force numpy reference (full matmul + stable sort)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densekit.errors import ConfigError, InputError
+from densekit.search import ExactSearch, FastResultHeapq, exact_search, merge_topk
+
+
+def reference_topk(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: all scores in float64, order by (score desc, index asc), pad with -inf / -1."""
+    scores = queries.astype(np.float64) @ corpus.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    pad = k - order.shape[1]
+    if pad > 0:
+        top = np.pad(top, ((0, 0), (0, pad)), constant_values=-np.inf)
+        order = np.pad(order, ((0, 0), (0, pad)), constant_values=-1)
+    return top, order.astype(np.int64)
+
+
+def random_data(nq: int, n: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((nq, dim), dtype=np.float32), rng.standard_normal((n, dim), dtype=np.float32)
+
+
+def tied_data(nq: int, n: int, dim: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Small integers: every dot product is exact in float32, and many are equal."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-1, 2, (nq, dim)).astype(np.float32), rng.integers(-1, 2, (n, dim)).astype(np.float32))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+@pytest.mark.parametrize("query_batch_size", [1, 5, 100])
+def test_exact_search_matches_bruteforce_for_any_chunking(chunk_size: int, query_batch_size: int) -> None:
+    queries, corpus = random_data(13, 1000)
+    scores, ids = exact_search(queries, corpus, 10, corpus_chunk_size=chunk_size, query_batch_size=query_batch_size)
+    ref_scores, ref_ids = reference_topk(queries, corpus, 10)  # chunks >= 160 use the grid pre-selection
+    assert scores.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (13, 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("topk", [3, 25])  # k=3 on wide chunks goes through the grid pre-selection
+@pytest.mark.parametrize("chunk_size", [1, 3, 16, 500])
+def test_exact_search_breaks_ties_by_lower_index(chunk_size: int, topk: int) -> None:
+    queries, corpus = tied_data(20, 150)
+    scores, ids = exact_search(queries, corpus, topk, corpus_chunk_size=chunk_size, query_batch_size=7)
+    ref_scores, ref_ids = reference_topk(queries, corpus, topk)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_exact_search_pads_when_topk_exceeds_corpus() -> None:
+    queries, corpus = random_data(4, 6)
+    scores, ids = exact_search(queries, corpus, 10, corpus_chunk_size=4)
+    ref_scores, ref_ids = reference_topk(queries, corpus, 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    assert (ids[:, 6:] == -1).all() and np.isneginf(scores[:, 6:]).all()
+    np.testing.assert_allclose(scores[:, :6], ref_scores[:, :6], rtol=1e-5, atol=1e-5)
+
+
+def test_exact_search_on_empty_corpus_returns_only_padding() -> None:
+    queries, _ = random_data(3, 1)
+    scores, ids = exact_search(queries, np.zeros((0, 16), np.float32), 2)
+    assert ids.tolist() == [[-1, -1]] * 3 and np.isneginf(scores).all()
+
+
+def test_exact_search_accepts_memmap_tensor_and_block_iterable(tmp_path) -> None:
+    queries, corpus = random_data(9, 300)
+    path = tmp_path / "corpus.f32"
+    corpus.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=corpus.shape)
+    blocks = ((start, corpus[start:start + 70]) for start in range(0, 300, 70))
+    ref = reference_topk(queries, corpus, 12)
+    for source in (mapped, torch.from_numpy(corpus), blocks):
+        scores, ids = exact_search(torch.from_numpy(queries), source, 12, corpus_chunk_size=50)
+        np.testing.assert_array_equal(ids, ref[1])
+        np.testing.assert_allclose(scores, ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_exact_search_is_deterministic_across_runs() -> None:
+    queries, corpus = tied_data(10, 80, seed=3)
+    first = exact_search(queries, corpus, 30, corpus_chunk_size=9)
+    second = exact_search(queries, corpus, 30, corpus_chunk_size=9)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_exact_search_rejects_dim_mismatch_nan_and_bad_blocks() -> None:
+    queries, corpus = random_data(2, 10)
+    with pytest.raises(InputError, match="dim 8"):
+        exact_search(queries, corpus[:, :8], 3)
+    bad = corpus.copy()
+    bad[4, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        exact_search(queries, bad, 3)  # narrow block: plain path
+    with pytest.raises(InputError, match="NaN"):
+        exact_search(queries, np.concatenate([bad] * 10), 1, corpus_chunk_size=50)  # wide: grid path
+    with pytest.raises(InputError, match="offset"):
+        exact_search(queries, [corpus], 3)
+    with pytest.raises(ConfigError, match="topk"):
+        exact_search(queries, corpus, 0)
+
+
+def test_heapq_keeps_running_topk_with_explicit_indices() -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(5, 40)
+    doc_ids = torch.randperm(1000)[:40]  # arbitrary, non-contiguous corpus indices
+    heap = FastResultHeapq(topk=8)
+    for start in range(0, 40, 11):
+        heap.add(scores[:, start:start + 11], doc_ids[start:start + 11])
+    top_scores, top_ids = heap.results()
+    full = scores.numpy()
+    order = np.argsort(-full, axis=1, kind="stable")[:, :8]
+    np.testing.assert_array_equal(top_ids.numpy(), doc_ids.numpy()[order])
+    np.testing.assert_array_equal(top_scores.numpy(), np.take_along_axis(full, order, 1))
+    assert top_scores.dtype == torch.float32 and top_ids.dtype == torch.int64
+
+
+def test_heapq_with_offsets_pads_and_sorts_descending() -> None:
+    heap = FastResultHeapq(topk=4)
+    heap.add(torch.tensor([[1.0, 3.0]]), offset=10)
+    heap.add(torch.tensor([[3.0]]), offset=2)
+    top_scores, top_ids = heap.results()
+    assert top_ids.tolist() == [[2, 11, 10, -1]]
+    assert top_scores[0, :3].tolist() == [3.0, 3.0, 1.0] and torch.isneginf(top_scores[0, 3])
+
+
+def test_heapq_rejects_results_before_add_and_changing_query_count() -> None:
+    heap = FastResultHeapq(topk=2)
+    with pytest.raises(ConfigError):
+        heap.results()
+    heap.add(torch.zeros(3, 4))
+    with pytest.raises(ConfigError, match="query rows"):
+        heap.add(torch.zeros(2, 4), offset=4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merge_topk_of_random_shards_equals_unsharded_search(seed: int) -> None:
+    queries, corpus = tied_data(12, 120, seed=seed) if seed == 2 else random_data(12, 120, seed=seed)
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, 120), size=4, replace=False))
+    bounds = [0, *cuts.tolist(), 120]
+    parts = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        blocks = [(lo, corpus[lo:hi])]
+        parts.append(exact_search(queries, blocks, 15, corpus_chunk_size=8))
+    rng.shuffle(parts)
+    merged_scores, merged_ids = merge_topk(parts)
+    full_scores, full_ids = exact_search(queries, corpus, 15)
+    np.testing.assert_array_equal(merged_ids, full_ids)
+    # BLAS may round differently for different block shapes: scores agree to float32 precision
+    np.testing.assert_allclose(merged_scores, full_scores, rtol=1e-6, atol=1e-5)
+
+
+def test_merge_topk_keeps_tensor_type_and_padding() -> None:
+    a = (torch.tensor([[2.0, float("-inf")]]), torch.tensor([[5, -1]]))
+    b = (torch.tensor([[2.0, 1.0]]), torch.tensor([[3, 9]]))
+    scores, ids = merge_topk([a, b], topk=4)
+    assert isinstance(ids, torch.Tensor)
+    assert ids.tolist() == [[3, 5, 9, -1]]
+
+
+def test_exact_search_backend_matches_function() -> None:
+    queries, corpus = random_data(6, 50)
+    backend = ExactSearch(corpus, corpus_chunk_size=13)
+    got = backend.search(queries, 5)
+    ref = exact_search(queries, corpus, 5)
+    np.testing.assert_array_equal(got[1], ref[1])
+    with pytest.raises(ConfigError, match="iterable"):
+        ExactSearch(iter([(0, corpus)]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_exact_search_on_cuda_matches_cpu() -> None:
+    queries, corpus = random_data(8, 500)
+    cpu = exact_search(queries, corpus, 20)
+    gpu = exact_search(queries, corpus, 20, device="cuda", corpus_chunk_size=64)
+    np.testing.assert_array_equal(cpu[1], gpu[1])
+
+
+def _mapped_rss_kib(path) -> int:
+    """Resident KiB of the mappings of ``path`` in this process (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_exact_search_releases_memmap_pages_so_rss_stays_at_chunk_size(tmp_path) -> None:
+    queries, corpus = random_data(4, 16384, dim=64)  # 4 MiB file, 64 KiB chunks
+    path = tmp_path / "corpus.f32"
+    corpus.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=corpus.shape)
+    np.asarray(mapped[:256]).sum()  # touch one chunk: the mapping is resident, so the probe works
+    assert _mapped_rss_kib(path) >= 64
+    exact_search(queries, mapped, 5, corpus_chunk_size=256)
+    assert _mapped_rss_kib(path) <= 2 * 64 + 8  # ~one chunk (+ pages shared with neighbours), not 4096
