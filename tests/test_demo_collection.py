@@ -2,7 +2,6 @@
 trivial nor impossible (checked with a small TF-IDF retriever scored by pytrec_eval)."""
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import re
@@ -85,35 +84,45 @@ def test_documents_are_nontrivial_normalized_and_deduplicated(collection):
         assert doc["title"] == doc["_id"].split("#")[0]
 
 
-def resolve(dotted: str) -> object:
-    """The stdlib object a document title names (longest importable module prefix, then attributes)."""
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
-        if module_name in DEMO_MODULES:
-            obj = importlib.import_module(module_name)
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr) if inspect.ismodule(obj) else inspect.getattr_static(obj, attr)
-            return obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
-    raise AssertionError(f"{dotted} is not under a demo module")
+PARAGRAPH_CHECK = textwrap.dedent("""
+    import importlib, inspect, json, re, sys
+    modules, corpus = json.load(sys.stdin)
+
+    def resolve(dotted):
+        # The stdlib object a document id names (longest importable module prefix, then attributes).
+        parts = dotted.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            name = ".".join(parts[:cut])
+            if name in modules:
+                obj = importlib.import_module(name)
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr) if inspect.ismodule(obj) else inspect.getattr_static(obj, attr)
+                return obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
+        raise AssertionError(dotted + " is not under a demo module")
+
+    def words(text):
+        return re.sub(r"[-=~^*]{3,}", " ", text).split()
+
+    wrong = []
+    for doc in corpus:
+        doc_id, _, index = doc["_id"].partition("#")
+        paragraphs = re.split(r"\\n[ \\t]*\\n", inspect.cleandoc(resolve(doc_id).__doc__))
+        if words(doc["text"]) != words(paragraphs[int(index or 0)]):
+            wrong.append(doc["_id"])
+    print(json.dumps(wrong))
+""")
 
 
 def test_every_document_is_the_paragraph_its_id_names(collection):
+    """Checked against the live objects in a fresh interpreter (-I -S), as the build reads them: libraries
+    imported by other tests in this process may swap stdlib attributes (pytest, torch and wandb do)."""
+    import subprocess
+
     corpus, _, _ = collection
-
-    def words(text: str) -> list[str]:
-        return re.sub(r"[-=~^*]{3,}", " ", text).split()
-
-    replaced = set()
-    for doc in corpus:
-        doc_id, _, index = doc["_id"].partition("#")
-        obj = resolve(doc_id)
-        if not (inspect.isroutine(obj) or inspect.isclass(obj) or inspect.isdatadescriptor(obj)):
-            replaced.add(doc_id)  # swapped in this process (pytest sets threading.excepthook to a partial)
-            continue
-        paragraphs = re.split(r"\n[ \t]*\n", inspect.cleandoc(obj.__doc__))
-        assert words(doc["text"]) == words(paragraphs[int(index or 0)]), doc["_id"]
-    assert len(replaced) <= 2, replaced
+    payload = json.dumps([sorted(DEMO_MODULES), corpus])
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", PARAGRAPH_CHECK], input=payload, capture_output=True,
+                          text=True, check=True)
+    assert json.loads(done.stdout) == []
 
 
 def test_query_text_is_never_in_the_corpus_verbatim(collection):

@@ -17,6 +17,7 @@ _PUBLIC = {
     "DataArguments": "densekit.data.data_args",
     "MaterializedQRelConfig": "densekit.data.qrels",
     "MultiLevelDataset": "densekit.data.datasets",
+    "BinaryDataset": "densekit.data.datasets",
     "RetrievalCollator": "densekit.data.collator",
     "EvaluationArguments": "densekit.evaluation.evaluation_args",
     "RetrievalEvaluator": "densekit.evaluation.evaluator",
@@ -44,7 +45,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from densekit.data.collator import RetrievalCollator
     from densekit.data.data_args import DataArguments
-    from densekit.data.datasets import MultiLevelDataset
+    from densekit.data.datasets import BinaryDataset, MultiLevelDataset
     from densekit.data.qrels import MaterializedQRelConfig
     from densekit.errors import ConfigError, InputError
     from densekit.evaluation.evaluation_args import EvaluationArguments

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from densekit.errors import ConfigError
 
@@ -29,6 +29,12 @@ class DataArguments:
         default=42, metadata={"help": "Seed for sampling passages (combined with epoch and example index)."}
     )
 
+    short_negatives: Literal["sample_with_replacement", "skip"] = field(
+        default="sample_with_replacement",
+        metadata={"help": "BinaryDataset, for a query with fewer than group_size-1 negatives: use them all and "
+                          "draw the rest with replacement, or skip the query (both counted in a warning)."},
+    )
+
     def __post_init__(self) -> None:
         for name in ("query_max_len", "passage_max_len"):
             value = getattr(self, name)
@@ -40,4 +46,8 @@ class DataArguments:
             raise ConfigError(
                 f"passage_selection_strategy={self.passage_selection_strategy!r} is unknown; "
                 "use 'most_relevant' or 'random'."
+            )
+        if self.short_negatives not in ("sample_with_replacement", "skip"):
+            raise ConfigError(
+                f"short_negatives={self.short_negatives!r} is unknown; use 'sample_with_replacement' or 'skip'."
             )

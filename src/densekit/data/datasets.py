@@ -2,11 +2,13 @@
 
 :class:`MultiLevelDataset` keeps graded labels (0, 1, 2, ...) beside the documents; it is the dataset
 evaluation reads (all judged queries, the whole corpus) and the one that ranks annotated groups for IR
-metrics during training.
+metrics during training. :class:`BinaryDataset` draws one positive and ``group_size - 1`` negatives per
+query per step from two sets of configs (positives, negatives), fresh every epoch, for InfoNCE training.
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -25,6 +27,7 @@ from densekit.data.qrels import (
 from densekit.data.sampling import example_rng, fill_to
 from densekit.data.formats import check_qrels
 from densekit.data.store import TextStore, load_store
+from densekit.errors import ConfigError
 
 FormatQuery = Callable[..., str]
 FormatPassage = Callable[..., str]
@@ -129,3 +132,167 @@ class MultiLevelDataset(torch.utils.data.Dataset):
             "passage": [self.formatted_passage(int(i)) for i in doc_indices],
             "label": [float(s) for _, s in group],
         }
+
+
+class BinaryDataset(torch.utils.data.Dataset):
+    """One positive and ``group_size - 1`` negatives per query, drawn afresh every epoch (for InfoNCE).
+
+    Args:
+        data_args: group_size, sampling_seed, short_negatives, dataset_name.
+        positive_configs / negative_configs: one :class:`MaterializedQRelConfig` or a list each; every
+            config is filtered its own way, then the lists merge (a document judged by several configs keeps
+            its highest score). Negatives may come from anything that materializes to judgments, e.g. mined
+            documents with ``score_transform=0`` and ``max_per_query=30``.
+        format_query / format_passage: the model's formatting (``model.format_query``...).
+        store_cache_dir: where Arrow copies of corpus/query files are kept between runs (optional).
+
+    Items have the same layout as :class:`MultiLevelDataset`'s: ``{"query_id", "query", "passage":
+    [group_size str], "label": [1.0, 0.0, ...]}``, the positive first.
+
+    Sampling: example ``index`` of epoch ``e`` draws with ``example_rng(sampling_seed, e, index)``: the
+    positive uniformly among the query's positives, the negatives without replacement among its negatives,
+    so the same (seed, epoch, index) always gives the same group, in any worker or process.
+
+    Queries are those of the query file(s), in file order, that have at least one positive. Counted
+    warnings report what is left out or filled: queries with negatives but no positive (skipped), queries
+    with no negative at all while group_size > 1 (skipped), and queries with fewer than group_size - 1
+    negatives: with ``short_negatives="sample_with_replacement"`` (default) such a query uses each of its
+    negatives once and draws the rest with replacement; with ``"skip"`` it is left out. A document that is
+    both positive and negative for a query counts as a positive only.
+
+    Judgments are held as int64 row numbers into the memory-mapped corpus (offsets per query), not as
+    dictionaries of strings, so 500,000 judgments cost a few megabytes once the dataset is built.
+    """
+
+    def __init__(
+        self,
+        data_args: DataArguments,
+        positive_configs: MaterializedQRelConfig | Sequence[MaterializedQRelConfig],
+        negative_configs: MaterializedQRelConfig | Sequence[MaterializedQRelConfig],
+        format_query: Optional[FormatQuery] = None,
+        format_passage: Optional[FormatPassage] = None,
+        store_cache_dir: Optional[str | Path] = None,
+    ) -> None:
+        self.data_args = data_args
+        self.format_query = format_query or _default_format_query
+        self.format_passage = format_passage or _default_format_passage
+        self.positive_configs = as_config_list(positive_configs)
+        self.negative_configs = as_config_list(negative_configs)
+        pos_parts = [materialize(c) for c in self.positive_configs]
+        neg_parts = [materialize(c) for c in self.negative_configs]
+        parts = pos_parts + neg_parts
+        self.corpus_paths = unique_paths([m.corpus_paths for m in parts])
+        self.query_paths = unique_paths([m.query_paths for m in parts])
+        require_files(self.corpus_paths, "corpus")
+        require_files(self.query_paths, "queries")
+        self.corpus: TextStore = load_store(self.corpus_paths, kind="corpus", cache_dir=store_cache_dir)
+        self.queries: TextStore = load_store(self.query_paths, kind="queries", cache_dir=store_cache_dir)
+        for part in parts:
+            check_qrels(part.qrels, self.queries, self.corpus, path=part.qrel_paths[0] if part.qrel_paths else None)
+        self.corpus_cache = next((m.corpus_cache for m in parts if m.corpus_cache), None)
+        self.query_cache = next((m.query_cache for m in parts if m.query_cache), None)
+        positives = merge_qrels([m.qrels for m in pos_parts])
+        negatives = merge_qrels([m.qrels for m in neg_parts])
+        del pos_parts, neg_parts, parts
+        self._build_index(positives, negatives)
+        self.epoch = 0
+
+    def _build_index(self, positives: dict[str, dict[str, float]], negatives: dict[str, dict[str, float]]) -> None:
+        """Keep the usable queries and their documents as row numbers; warn (counted) about the rest."""
+        wanted = self.data_args.group_size - 1
+        skip_short = self.data_args.short_negatives == "skip"
+        # check_qrels has already made sure every judged query is in the query file(s)
+        self.skipped = {"no_positive": sum(1 for q in negatives if not positives.get(q)),
+                        "no_negative": 0, "short_negatives": 0}
+        self.num_filled_with_replacement = 0
+        query_ids: list[str] = []
+        pos_ids: list[str] = []
+        neg_ids: list[str] = []
+        pos_counts: list[int] = []
+        neg_counts: list[int] = []
+        for qid in self.queries.ids:  # query-file order: deterministic whatever the qrel files' order
+            pos = positives.get(qid)
+            if not pos:
+                continue
+            neg = sorted(d for d in negatives.get(qid, {}) if d not in pos)
+            if wanted > 0 and not neg:
+                self.skipped["no_negative"] += 1
+                continue
+            if len(neg) < wanted:
+                if skip_short:
+                    self.skipped["short_negatives"] += 1
+                    continue
+                self.num_filled_with_replacement += 1
+            query_ids.append(qid)
+            pos_ids.extend(sorted(pos))
+            neg_ids.extend(neg)
+            pos_counts.append(len(pos))
+            neg_counts.append(len(neg))
+        self.query_ids = query_ids
+        self._query_rows = self.queries.indices_of(query_ids) if query_ids else np.zeros(0, np.int64)
+        self._pos_offsets = np.concatenate([[0], np.cumsum(pos_counts, dtype=np.int64)]).astype(np.int64)
+        self._neg_offsets = np.concatenate([[0], np.cumsum(neg_counts, dtype=np.int64)]).astype(np.int64)
+        self._pos_rows = self.corpus.indices_of(pos_ids) if pos_ids else np.zeros(0, np.int64)
+        self._neg_rows = self.corpus.indices_of(neg_ids) if neg_ids else np.zeros(0, np.int64)
+        self._warn_counts(wanted)
+        if not query_ids:
+            raise ConfigError(
+                f"no query has a positive and the negatives group_size={self.data_args.group_size} needs "
+                f"(queries without negatives: {self.skipped['no_negative']}, with too few: "
+                f"{self.skipped['short_negatives']}, without positives: {self.skipped['no_positive']}). "
+                "Fix: give negative_configs judgments below the positives' scores (for example mined "
+                "negatives with score_transform=0), lower group_size, or use short_negatives="
+                "'sample_with_replacement'.")
+
+    def _warn_counts(self, wanted: int) -> None:
+        notes = []
+        if self.skipped["no_positive"]:
+            notes.append(f"{self.skipped['no_positive']} query(ies) with negatives but no positive were skipped")
+        if self.skipped["no_negative"]:
+            notes.append(f"{self.skipped['no_negative']} query(ies) with a positive but no negative were skipped")
+        if self.skipped["short_negatives"]:
+            notes.append(f"{self.skipped['short_negatives']} query(ies) with fewer than {wanted} negatives were "
+                         "skipped (short_negatives='skip')")
+        if self.num_filled_with_replacement:
+            notes.append(f"{self.num_filled_with_replacement} query(ies) have fewer than {wanted} negatives and "
+                         "draw the rest with replacement (short_negatives='sample_with_replacement')")
+        if notes:
+            warnings.warn(f"BinaryDataset: {'; '.join(notes)}; {len(self.query_ids)} queries kept.", stacklevel=4)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the epoch so that every example draws a new positive and new negatives (called by the trainer)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def group_rows(self, index: int) -> np.ndarray:
+        """Corpus row numbers of example ``index`` in this epoch: the positive, then the negatives."""
+        if not 0 <= index < len(self.query_ids):
+            raise IndexError(f"example {index} out of range 0..{len(self.query_ids) - 1}")
+        rng = example_rng(self.data_args.sampling_seed, self.epoch, index)
+        pos = self._pos_rows[self._pos_offsets[index]:self._pos_offsets[index + 1]]
+        neg = self._neg_rows[self._neg_offsets[index]:self._neg_offsets[index + 1]]
+        wanted = self.data_args.group_size - 1
+        positive = pos[rng.integers(len(pos))]
+        if wanted == 0:
+            chosen = neg[:0]
+        elif len(neg) >= wanted:
+            chosen = neg[rng.choice(len(neg), size=wanted, replace=False)]
+        else:  # every negative once, then the rest drawn with replacement
+            chosen = np.concatenate([rng.permutation(neg), neg[rng.integers(0, len(neg), size=wanted - len(neg))]])
+        return np.concatenate([[positive], chosen]).astype(np.int64)
+
+    def select_group(self, index: int) -> list[tuple[str, float]]:
+        """The (doc id, label) pairs of example ``index`` in this epoch (positive first)."""
+        rows = self.group_rows(index)
+        return [(self.corpus.id_at(int(r)), 1.0 if i == 0 else 0.0) for i, r in enumerate(rows)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        qid = self.query_ids[index]
+        rows = self.group_rows(index)
+        name = self.data_args.dataset_name
+        query = self.format_query(self.queries.text_at(int(self._query_rows[index])), dataset=name)
+        passages = [self.format_passage(text, title=title or None, dataset=name)
+                    for title, text in zip(self.corpus.titles(rows), self.corpus.texts(rows))]
+        return {"query_id": qid, "query": query, "passage": passages, "label": [1.0] + [0.0] * (len(rows) - 1)}

@@ -2,8 +2,9 @@
 
 A config names qrel, corpus and query files (each a path or a list of paths, merged) and the processing
 applied to its records, in this order: ``min_score`` (keep score >= min_score), ``max_score`` (keep score <
-max_score), ``filter_fn`` (arbitrary predicate on (query_id, doc_id, score)), ``score_transform`` (a constant
-or a callable on the score). :func:`materialize` turns a config into a :class:`MaterializedQRel`, and several
+max_score), ``filter_fn`` (arbitrary predicate on (query_id, doc_id, score)), ``max_per_query`` (keep the k
+highest-scored documents of each query, ties by doc id, ranked on the score as read), ``score_transform`` (a
+constant or a callable on the score). :func:`materialize` turns a config into a :class:`MaterializedQRel`, and several
 configs merge with :func:`merge_materialized`, each processed its own way first.
 """
 from __future__ import annotations
@@ -47,8 +48,11 @@ class MaterializedQRelConfig:
     max_score: Optional[float] = None
     filter_fn: Optional[RecordFilter] = None
     score_transform: ScoreTransform = None
+    max_per_query: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.max_per_query is not None and (isinstance(self.max_per_query, bool) or self.max_per_query < 1):
+            raise ConfigError(f"max_per_query must be a positive number of documents, got {self.max_per_query!r}.")
         if not as_path_list(self.corpus_path):
             raise ConfigError("MaterializedQRelConfig needs corpus_path (a file or a list of files).")
         if not as_path_list(self.query_path):
@@ -106,9 +110,11 @@ def materialize(config: MaterializedQRelConfig) -> MaterializedQRel:
     raw: dict[str, dict[str, int]] = read_qrels(qrel_paths) if qrel_paths else {}
     kept: dict[str, dict[str, float]] = {}
     for qid, docs in raw.items():
-        for did, score in docs.items():
-            if config.keeps(qid, did, score):
-                kept.setdefault(qid, {})[did] = config.transform(score)
+        passed = [(did, score) for did, score in docs.items() if config.keeps(qid, did, score)]
+        if config.max_per_query is not None and len(passed) > config.max_per_query:
+            passed = sorted(passed, key=lambda kv: (-kv[1], kv[0]))[: config.max_per_query]
+        for did, score in passed:
+            kept.setdefault(qid, {})[did] = config.transform(score)
     return MaterializedQRel(
         qrels=kept,
         corpus_paths=as_path_list(config.corpus_path),
