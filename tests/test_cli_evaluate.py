@@ -86,3 +86,14 @@ def test_console_script_lists_commands_and_rejects_unknown_ones():
         assert command in help_text
     bad = subprocess.run([sys.executable, "-m", "densekit.cli.main", "evalute"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "train", "encode", "search", "mine", "convert", "demo"])
+def test_every_command_prints_its_help(command, capsys):
+    from densekit.cli.main import COMMANDS
+
+    assert command in COMMANDS
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--" in capsys.readouterr().out

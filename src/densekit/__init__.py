@@ -22,6 +22,10 @@ _PUBLIC = {
     "EvaluationArguments": "densekit.evaluation.evaluation_args",
     "RetrievalEvaluator": "densekit.evaluation.evaluator",
     "FastResultHeapq": "densekit.search.topk",
+    "RetrievalTrainer": "densekit.training.trainer",
+    "RetrievalTrainingArguments": "densekit.training.training_args",
+    "IRMetrics": "densekit.training.ir_metrics",
+    "RetrievalLoss": "densekit.modeling.losses",
     "InputError": "densekit.errors",
     "ConfigError": "densekit.errors",
 }
@@ -53,4 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from densekit.modeling.encoders import PretrainedEncoder
     from densekit.modeling.model_args import ModelArguments
     from densekit.modeling.retriever import BiEncoderRetriever
+    from densekit.modeling.losses import RetrievalLoss
     from densekit.search.topk import FastResultHeapq
+    from densekit.training.ir_metrics import IRMetrics
+    from densekit.training.trainer import RetrievalTrainer
+    from densekit.training.training_args import RetrievalTrainingArguments

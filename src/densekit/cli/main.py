@@ -10,6 +10,7 @@ from densekit.errors import DensekitError
 # sub-command -> (module, one-line help)
 COMMANDS = {
     "evaluate": ("densekit.cli.evaluate", "encode a corpus and queries, search, score: run.trec + metrics.json"),
+    "train": ("densekit.cli.train", "fine-tune a bi-encoder (InfoNCE, gradient cache, LoRA) from a BEIR folder or qrels"),
     "encode": ("densekit.cli.encode", "embed a corpus/query file (or one shard) into a resumable embedding folder"),
     "search": ("densekit.cli.search", "exact top-k over embedding folders -> run.trec (+ metrics with --qrels)"),
     "mine": ("densekit.cli.mine", "hard negatives for judged queries -> mined_qrels.tsv (+ merged_qrels.tsv)"),

@@ -33,7 +33,8 @@ class TrainDataArguments:
     query_path: Optional[list[str]] = field(default=None, metadata={"help": "query file(s), overrides --dataset"})
     qrel_path: Optional[list[str]] = field(default=None, metadata={"help": "positive qrel file(s), overrides --dataset"})
     negative_qrel_path: Optional[list[str]] = field(
-        default=None, metadata={"help": "qrel file(s) whose documents are hard negatives (e.g. mined ones)"})
+        default=None, metadata={"help": "qrel file(s) whose documents are hard negatives (e.g. mined ones); "
+                                        "without it negatives are drawn at random from the corpus"})
     min_positive_score: float = field(default=1.0, metadata={"help": "judgments >= this are positives"})
     store_cache_dir: Optional[str] = field(default=None, metadata={"help": "keep Arrow copies of text files here"})
 
@@ -60,7 +61,8 @@ def qrel_configs_from(args: TrainDataArguments) -> tuple[MaterializedQRelConfig,
                                        corpus_path=corpus, query_path=queries, min_score=args.min_positive_score)
     negatives = None
     if args.negative_qrel_path:
-        negatives = MaterializedQRelConfig(qrel_path=args.negative_qrel_path, corpus_path=corpus, query_path=queries)
+        negatives = MaterializedQRelConfig(qrel_path=args.negative_qrel_path, corpus_path=corpus, query_path=queries,
+                                           score_transform=0)
     return positives, negatives
 
 
@@ -70,6 +72,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
     from transformers import AutoTokenizer
 
     from densekit.data.collator import RetrievalCollator
+    from densekit.data.datasets import BinaryDataset
     from densekit.modeling.retriever import BiEncoderRetriever
     from densekit.training.beir_train_dataset import PositivesWithNegativesDataset
     from densekit.training.trainer import RetrievalTrainer
@@ -79,9 +82,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
     model = BiEncoderRetriever.from_model_args(args=model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
                                               trust_remote_code=model_args.trust_remote_code)
-    dataset = PositivesWithNegativesDataset(data_args, positives, negatives, format_query=model.format_query,
-                                            format_passage=model.format_passage,
-                                            store_cache_dir=train_data_args.store_cache_dir)
+    formatting = dict(format_query=model.format_query, format_passage=model.format_passage,
+                      store_cache_dir=train_data_args.store_cache_dir)
+    if negatives is not None:  # judged (e.g. mined) negatives: Trove's binary dataset
+        dataset = BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
+                                **formatting)
+    else:  # positives only (a BEIR train split): random corpus negatives
+        dataset = PositivesWithNegativesDataset(data_args, positives, **formatting)
     collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token,
                                  model_max_length=model.max_length)
     trainer = RetrievalTrainer(args=train_args, model=model, tokenizer=tokenizer, data_collator=collator,

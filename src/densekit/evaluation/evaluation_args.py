@@ -8,7 +8,7 @@ and device fields. Everything else is ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from transformers import TrainingArguments
 
@@ -48,7 +48,8 @@ class EvaluationArguments(TrainingArguments):
     encoding_block_size: int = field(
         default=16_384, metadata={"help": "Corpus texts encoded per block between search/checkpoint steps."}
     )
-    report_to: Optional[list[str] | str] = field(default="none", metadata={"help": "Where to log metrics."})
+    # Union order as in TrainingArguments: HfArgumentParser reads the field as a str option.
+    report_to: Union[None, str, list[str]] = field(default="none", metadata={"help": "Where to log metrics (wandb or none)."})
     no_annot_in_mined_hn: bool = field(
         default=False,
         metadata={"help": "Mining: leave every annotated document of the dataset out of the mined negatives."},

@@ -61,6 +61,16 @@ class ModelArguments:
     )
     loss: str = field(default="infonce", metadata={"help": "Name or alias of a RetrievalLoss subclass."})
     temperature: float = field(default=1.0, metadata={"help": "Scores are divided by this before the loss."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights (needs peft)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Module names to adapt (e.g. query value); default: peft's choice for the architecture."},
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load weights in 4 bit (needs bitsandbytes + CUDA)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load weights in 8 bit (needs bitsandbytes + CUDA)."})
 
     def __post_init__(self) -> None:
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
@@ -68,7 +78,7 @@ class ModelArguments:
                 f"pooling={self.pooling!r} is unknown; choose one of {', '.join(POOLING_CHOICES)} "
                 "(or leave it unset to use the checkpoint's own pooling)."
             )
-        for name in ("normalize", "trust_remote_code"):
+        for name in ("normalize", "trust_remote_code", "use_peft", "load_in_4bit", "load_in_8bit"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
@@ -80,6 +90,14 @@ class ModelArguments:
             raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}.")
         if not self.encoder_class or not isinstance(self.encoder_class, str):
             raise ConfigError("encoder_class must be the name of an encoder, e.g. 'default'.")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("load_in_4bit and load_in_8bit are both set; choose one.")
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 1:
+            raise ConfigError(f"lora_r must be a positive integer, got {self.lora_r!r}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
         self._check_template()
 
     def _check_template(self) -> None:

