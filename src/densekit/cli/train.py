@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from densekit.cli.arguments import parse_dataclasses
+from densekit.cli.evaluate import beir_file
 from densekit.data.data_args import DataArguments
 from densekit.data.qrels import MaterializedQRelConfig
 from densekit.errors import ConfigError, InputError
@@ -39,15 +40,6 @@ class TrainDataArguments:
     store_cache_dir: Optional[str] = field(default=None, metadata={"help": "keep Arrow copies of text files here"})
 
 
-def _beir_file(folder: Path, name: str) -> Path:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"no {name} in this BEIR folder.", path=folder,
-                     fix="point --dataset at a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv, "
-                         "or give --corpus_path/--query_path/--qrel_path.")
-
-
 def qrel_configs_from(args: TrainDataArguments) -> tuple[MaterializedQRelConfig, Optional[MaterializedQRelConfig]]:
     """Positive and (optional) hard-negative configs from a BEIR folder and/or explicit files."""
     folder = Path(args.dataset) if args.dataset else None
@@ -55,9 +47,9 @@ def qrel_configs_from(args: TrainDataArguments) -> tuple[MaterializedQRelConfig,
         raise ConfigError("give --dataset BEIR_FOLDER, or all of --corpus_path, --query_path and --qrel_path.")
     if folder is not None and not folder.is_dir():
         raise InputError("dataset folder not found.", path=folder, fix="check the path given to --dataset.")
-    corpus = args.corpus_path or _beir_file(folder, "corpus.jsonl")
-    queries = args.query_path or _beir_file(folder, "queries.jsonl")
-    positives = MaterializedQRelConfig(qrel_path=args.qrel_path or _beir_file(folder, f"qrels/{args.split}.tsv"),
+    corpus = args.corpus_path or beir_file(folder, "corpus.jsonl")
+    queries = args.query_path or beir_file(folder, "queries.jsonl")
+    positives = MaterializedQRelConfig(qrel_path=args.qrel_path or beir_file(folder, f"qrels/{args.split}.tsv"),
                                        corpus_path=corpus, query_path=queries, min_score=args.min_positive_score)
     negatives = None
     if args.negative_qrel_path:
