@@ -61,3 +61,18 @@ def scifact_dir() -> Path:
     if not path.exists():
         pytest.fail(f"shared data missing at {path}: CI expects ../shared beside the repo")
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(request):
+    """Unit tests run tiny models on one thread: on this 2-core machine a second thread only thrashes.
+    Integration tests (real MiniLM) keep torch's default."""
+    import torch
+
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,21 +8,12 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from densekit.cache import CacheEntry
 from densekit.cli.main import main
 from densekit.data.formats import read_qrels, read_run
 from densekit.errors import InputError
 from tests.helpers import write_beir
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def encode(model, path, out, *extra):

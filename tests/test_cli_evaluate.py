@@ -6,18 +6,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from densekit.cli.main import main
 from tests.helpers import write_beir
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_evaluate_from_flags_writes_results_and_summary(tiny_model_dir, tmp_path, capsys):

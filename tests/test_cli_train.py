@@ -3,7 +3,6 @@ and errors that name the fix."""
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 
 from densekit.cli import train as train_cli
@@ -12,14 +11,6 @@ from densekit.errors import ConfigError, InputError
 from densekit.modeling.retriever import BiEncoderRetriever
 from densekit.training.beir_train_dataset import PositivesWithNegativesDataset
 from tests.helpers import write_beir
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_train_from_beir_folder_with_flags_saves_a_reloadable_model(tiny_model_dir, tmp_path, capsys):

@@ -17,15 +17,6 @@ from densekit.modeling.losses import InfoNCELoss
 WORLD, Q, G, VOCAB, LENGTH = 2, 6, 2, 50, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core machine thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class BagEncoder(torch.nn.Module):
     """A tiny deterministic encoder: embedding, masked mean, linear."""
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import pytrec_eval
-import torch
 from transformers import AutoTokenizer
 
 from densekit import (BiEncoderRetriever, DataArguments, EvaluationArguments, MaterializedQRelConfig,
@@ -14,14 +13,6 @@ from densekit import (BiEncoderRetriever, DataArguments, EvaluationArguments, Ma
 from densekit.data.formats import read_qrels, read_run
 from densekit.errors import ConfigError, InputError
 from tests.helpers import write_beir
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_evaluator(model_dir, beir, out, **eval_kw):

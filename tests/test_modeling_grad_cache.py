@@ -21,15 +21,6 @@ Q, G = 5, 3                      # 5 queries, groups of 3 -> 15 passages
 Q_CHUNK, P_CHUNK = 2, 4          # neither divides its batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core machine thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def load_encoder(model_dir):
     model = AutoModel.from_pretrained(model_dir)
     model.train()  # from_pretrained returns eval mode; dropout must be live
