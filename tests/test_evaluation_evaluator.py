@@ -171,3 +171,22 @@ def test_mining_without_exclusion_returns_top_documents_with_scores(tiny_model_d
         expected = {search.doc_ids[i]: s for i, s in zip(search.indices[row], search.scores[row])}
         assert mined[qid] == pytest.approx(expected, abs=1e-6)
     assert not (tmp_path / "out" / "merged_qrels.tsv").exists()
+
+
+def test_changed_pooling_invalidates_both_kinds(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache")).evaluate()
+    other = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
+    other.model.encoder.pooling = "cls"  # resolved setting changed, raw arguments untouched
+    other.evaluate()
+    assert other.embedder.rows_encoded == 6 + 18
+
+
+def test_changed_corpus_file_invalidates_only_the_corpus(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache")).evaluate()
+    with open(beir / "corpus.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"_id": "extra", "title": "", "text": "a new document"}\n')
+    again = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
+    again.evaluate()
+    assert again.embedder.rows_encoded == 19  # the corpus again, the queries from the cache

@@ -59,3 +59,33 @@ def test_minilm_on_scifact_slice_matches_sentence_transformers(scifact_dir, mini
     assert ours["aggregate"]["nDCG@10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in theirs.values()]), abs=2e-3)
     assert ours["aggregate"]["Recall@100"] == pytest.approx(np.mean([v["recall_100"] for v in theirs.values()]), abs=2e-3)
     assert ours["aggregate"]["nDCG@10"] > 0.5  # MiniLM is a real retriever on SciFact, not noise
+
+
+def test_evaluate_then_mine_on_scifact_encodes_the_corpus_once(scifact_dir, minilm_dir, tmp_path):
+    """Issue acceptance: the embedding cache is shared between evaluate and mine (same model, same files)."""
+    from transformers import AutoTokenizer
+
+    from densekit import (BiEncoderRetriever, DataArguments, EvaluationArguments, MaterializedQRelConfig,
+                          ModelArguments, MultiLevelDataset, RetrievalEvaluator)
+
+    model = BiEncoderRetriever.from_model_args(args=ModelArguments(model_name_or_path=minilm_dir))
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+
+    def evaluator(split: str, out: str, **kw) -> RetrievalEvaluator:
+        dataset = MultiLevelDataset(DataArguments(), MaterializedQRelConfig(
+            qrel_path=scifact_dir / "qrels" / f"{split}.tsv", corpus_path=scifact_dir / "corpus.jsonl",
+            query_path=scifact_dir / "queries.jsonl", min_score=1), format_query=model.format_query,
+            format_passage=model.format_passage)
+        args = EvaluationArguments(output_dir=str(tmp_path / out), encoding_cache_dir=str(tmp_path / "cache"),
+                                   disable_tqdm=True, **kw)
+        return RetrievalEvaluator(args=args, model=model, tokenizer=tokenizer, eval_dataset=dataset)
+
+    first = evaluator("dev", "eval", search_topk=100)
+    metrics = first.evaluate()
+    assert first.embedder.rows_encoded == 100 + 5183
+    assert metrics["nDCG@10"] > 0.5
+    second = evaluator("train", "mine", search_topk=20, no_annot_in_mined_hn=True)
+    second.mine_hard_negatives()
+    assert second.embedder.rows_encoded == 709  # the train queries; the corpus came from the cache
+    mined = (tmp_path / "mine" / "mined_qrels.tsv").read_text().splitlines()
+    assert len(mined) == 1 + 709 * 20

@@ -34,12 +34,16 @@ def weights_fingerprint(retriever: torch.nn.Module) -> str:
 def model_fingerprint(retriever: torch.nn.Module, max_len: Optional[int], append_eos: bool,
                       weights: Optional[str] = None) -> str:
     """Hash of the weights and of every option that changes the vectors a model produces for one input kind."""
-    args = getattr(getattr(retriever, "encoder", retriever), "args", None)
+    encoder = getattr(retriever, "encoder", retriever)
+    # The resolved settings (pooling, normalize, prefixes, template...), not the raw arguments: a pooling
+    # left unset may come from the checkpoint's sentence-transformers files.
+    resolved = encoder.densekit_config() if hasattr(encoder, "densekit_config") else {}
+    args = getattr(encoder, "args", None)
     options = {}
     if is_dataclass(args):
         options = {k: v for k, v in asdict(args).items() if k not in _TRAINING_ONLY_FIELDS and k != "model_name_or_path"}
-    encoder_class = type(getattr(retriever, "encoder", retriever)).__name__
-    return fingerprint(weights or weights_fingerprint(retriever), encoder_class, options, max_len, append_eos)
+    encoder_class = type(encoder).__name__
+    return fingerprint(weights or weights_fingerprint(retriever), encoder_class, resolved, options, max_len, append_eos)
 
 
 class Embedder:
