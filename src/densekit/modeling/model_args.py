@@ -71,6 +71,10 @@ class ModelArguments:
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load weights in 4 bit (needs bitsandbytes + CUDA)."})
     load_in_8bit: bool = field(default=False, metadata={"help": "Load weights in 8 bit (needs bitsandbytes + CUDA)."})
+    fast_inference: bool = field(
+        default=True,
+        metadata={"help": "Encode with densekit.modeling.fast_inference when not training (exact; BERT family)."},
+    )
 
     def __post_init__(self) -> None:
         if self.pooling is not None and self.pooling not in POOLING_CHOICES:
@@ -78,7 +82,7 @@ class ModelArguments:
                 f"pooling={self.pooling!r} is unknown; choose one of {', '.join(POOLING_CHOICES)} "
                 "(or leave it unset to use the checkpoint's own pooling)."
             )
-        for name in ("normalize", "trust_remote_code", "use_peft", "load_in_4bit", "load_in_8bit"):
+        for name in ("normalize", "trust_remote_code", "use_peft", "load_in_4bit", "load_in_8bit", "fast_inference"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from densekit.errors import ConfigError
 from densekit.modeling.encoders.base import PretrainedEncoder
+from densekit.modeling.fast_inference import accelerate_for_inference
 from densekit.modeling.model_args import POOLING_CHOICES, ModelArguments
 from densekit.modeling.st_config import read_st_defaults
 
@@ -115,6 +116,7 @@ class DefaultEncoder(PretrainedEncoder):
                 f"cannot load a model from {path!r}: {err}. densekit does not download models at run time; "
                 "pass a local checkpoint directory (Hugging Face or sentence-transformers layout)."
             ) from err
+        self.fast_inference: bool = getattr(args, "fast_inference", True)
         self.max_length: Optional[int] = (
             args.max_length or defaults.max_seq_length or _model_length_limit(str(path), self.model.config)
         )
@@ -131,8 +133,16 @@ class DefaultEncoder(PretrainedEncoder):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Run the model, pool its last hidden states, normalize when asked; returns [B, d]."""
+        fast = None
+        if self.fast_inference and not self.training and torch.is_inference_mode_enabled():
+            fast = accelerate_for_inference(self.model)  # cheap; None for unsupported architectures
+        if fast is not None:
+            return fast(input_ids, attention_mask, self._pool_and_normalize, **kwargs)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        embeddings = pool(outputs.last_hidden_state, attention_mask, self.pooling)
+        return self._pool_and_normalize(outputs.last_hidden_state, attention_mask)
+
+    def _pool_and_normalize(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        embeddings = pool(hidden, attention_mask, self.pooling)
         if self.normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         return embeddings

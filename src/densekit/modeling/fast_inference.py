@@ -1,0 +1,126 @@
+"""Exact, faster CPU inference for BERT-family encoders: split a batch into length-trimmed chunks and run
+the chunks concurrently, one single-threaded forward per CPU thread, on the Hugging Face module itself.
+
+Why this and not something else (measured on the 2-core AVX2 CPU, MiniLM-L6, batch 32 x 256 tokens):
+
+- torch's fused encoder (``torch._transformer_encoder_layer_fwd``, padded or nested tensors) was 1.4-1.7x
+  *slower* than HF's ``sdpa`` path: its CPU attention is bmm + masked softmax, and nested-tensor linears
+  run row by row; HF ``eager`` attention was 1.7x slower; oneDNN linears (plain, or fused with GELU or
+  the residual add) and MKL packed weights were no faster than the default MKL ``addmm``.
+- What does help is *how* the two cores are used. Intra-op threading splits every one of the ~15 ops per
+  layer across both threads and waits at a barrier after each; on a shared machine one descheduled thread
+  stalls the other. Running half the batch per thread with one intra-op thread each has no barriers, and
+  trimming each chunk to its own longest row also drops padding the full batch carried.
+
+Every row is computed by the unmodified HF forward (same weights, same kernels), only on a smaller,
+right-trimmed batch, so results equal the normal path to float rounding (~1e-7). Nothing is converted or
+cached, so weights can never be stale after training steps. Left-padded batches are chunked but not
+trimmed (trimming would shift their positions).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+import torch
+
+# Architectures whose outputs for real tokens do not depend on trailing padding columns (absolute
+# positions counted from the start; RoBERTa derives them from non-pad ids). Tested in
+# tests/test_modeling_fast_inference.py.
+SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
+
+# Rows per chunk: small enough to balance two workers and trim padding, large enough for efficient GEMMs.
+ROWS_PER_CHUNK = 16
+
+Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One shared executor per worker count, kept at module level so encoders stay picklable/copyable."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="densekit-infer")
+        return pool
+
+
+def _use_threads(count: int) -> None:
+    """Give the calling worker thread ``count`` intra-op threads (its own OpenMP/MKL setting)."""
+    if torch.get_num_threads() != count:  # the call also runs torch's per-thread lazy init first
+        torch.set_num_threads(count)
+
+
+def _is_right_padded(attention_mask: torch.Tensor, lengths: torch.Tensor) -> bool:
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return bool(torch.equal(attention_mask.bool(), positions.unsqueeze(0) < lengths.unsqueeze(1)))
+
+
+class ChunkedParallelForward:
+    """Run a HF encoder on length-sorted, trimmed chunks of a batch, concurrently, and pool each chunk.
+
+    Call with ``(input_ids, attention_mask, reduce, **token_inputs)``: ``reduce(hidden, mask) -> [b, d]``
+    turns a chunk's last hidden states into embeddings (pooling and normalization); extra inputs such
+    as ``token_type_ids`` must be ``[B, T]`` tensors and are split the same way. Returns ``[B, d]`` in the
+    batch's row order. Falls back to one plain forward when splitting cannot help or might not be exact
+    (one intra-op thread, one row, a non-CPU device, autocast on, extra inputs of other shapes).
+    """
+
+    def __init__(self, model: torch.nn.Module, rows_per_chunk: int = ROWS_PER_CHUNK) -> None:
+        self.model = model
+        self.rows_per_chunk = rows_per_chunk
+
+    def _forward(self, inputs: dict[str, torch.Tensor], reduce: Reduce) -> torch.Tensor:
+        hidden = self.model(**inputs).last_hidden_state
+        return reduce(hidden, inputs["attention_mask"])
+
+    def _splittable(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> bool:
+        return (
+            input_ids.dim() == 2 and input_ids.size(0) > 1 and input_ids.device.type == "cpu"
+            and torch.get_num_threads() > 1 and not torch.is_autocast_enabled("cpu")
+            and all(isinstance(v, torch.Tensor) and v.shape == input_ids.shape for v in inputs.values())
+        )
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reduce: Reduce,
+                 **token_inputs: Any) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **token_inputs}
+        if not self._splittable(input_ids, token_inputs):
+            return self._forward(inputs, reduce)
+        threads = torch.get_num_threads()
+        rows = input_ids.size(0)
+        workers = min(threads, rows)
+        per_worker = max(1, threads // workers)
+        n_chunks = max(workers, math.ceil(rows / self.rows_per_chunk))
+        n_chunks = min(rows, workers * math.ceil(n_chunks / workers))
+        lengths = attention_mask.sum(dim=1)
+        trim = _is_right_padded(attention_mask, lengths)
+        order = torch.argsort(-lengths, stable=True)
+        chunks = list(torch.tensor_split(order, n_chunks))
+
+        def run(index: torch.Tensor) -> torch.Tensor:
+            _use_threads(per_worker)
+            width = int(lengths[index].max()) if trim else input_ids.size(1)
+            part = {key: value[index, :max(width, 1)] for key, value in inputs.items()}
+            with torch.inference_mode():
+                return self._forward(part, reduce)
+
+        try:
+            results = list(_pool(workers).map(run, chunks))
+        finally:
+            torch.set_num_threads(threads)  # workers changed the process-wide default; restore it
+        out = torch.empty((rows, *results[0].shape[1:]), dtype=results[0].dtype, device=results[0].device)
+        out[torch.cat(chunks)] = torch.cat(results)
+        return out
+
+
+def accelerate_for_inference(hf_model: torch.nn.Module) -> Optional[ChunkedParallelForward]:
+    """The fast inference callable for ``hf_model``, or ``None`` when its architecture is not supported
+    (then the caller runs the model as usual). Use only for inference: the chunks run without autograd."""
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return None
+    return ChunkedParallelForward(hf_model)
