@@ -4,9 +4,13 @@ Also measures the peak resident memory of exact_search over a memory-mapped corp
 process), to show that memory is bounded by the chunk sizes rather than the corpus size.
 
     python benchmarks/bench_search.py --queries 1000 --docs 20000 --dim 384 --topk 100
+    python benchmarks/bench_search.py --queries 10000 --docs 1000000 --memmap /tmp/corpus.f32 --repeat 1
 
 Prints Markdown table rows. Run small sizes on shared machines; timings are the best of ``--repeat``
-interleaved runs. "ids equal" < 1 only from near-ties that the two BLAS libraries round differently.
+interleaved runs. "ids equal" < 1 only from near-ties that the two BLAS libraries round differently;
+"max score diff" (largest difference between the two sorted score lists) shows they are only that.
+With ``--memmap PATH`` the corpus is written to PATH (kept for reuse) and densekit searches the
+memory-mapped file; its peak RSS growth during the first search is reported (faiss holds a copy).
 """
 from __future__ import annotations
 
@@ -83,6 +87,21 @@ def measure_rss(args: argparse.Namespace, corpus: np.ndarray) -> None:
         print(f"| {mode} | {corpus.nbytes / 2**20:.0f} | {args.rss_chunk_size} | {grew:.0f} |")
 
 
+def memmap_corpus(path: str, docs: int, dim: int) -> np.ndarray:
+    """Normalized random vectors (seed 0), written once to ``path`` in pieces of 65536 rows."""
+    if not (Path(path).exists() and Path(path).stat().st_size == docs * dim * 4):
+        partial = path + ".partial"  # renamed when complete: an interrupted run is not reused
+        out = np.memmap(partial, dtype=np.float32, mode="w+", shape=(docs, dim))
+        rng = np.random.default_rng(0)
+        for start in range(0, docs, 65536):
+            x = rng.standard_normal((min(65536, docs - start), dim), dtype=np.float32)
+            out[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out.flush()
+        del out
+        os.replace(partial, path)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(docs, dim))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=1000)
@@ -95,6 +114,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs; the best of each is reported")
     parser.add_argument("--rss-chunk-size", type=int, default=2048, help="corpus chunk for the RSS measurement")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--memmap", default=None, help="corpus file to create/reuse and search memory-mapped")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rss-mode", default="memmap", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -110,28 +130,52 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
-    corpus, queries = normalized(args.docs, args.dim, 0), normalized(args.queries, args.dim, 1)
-    index = faiss.IndexFlatIP(args.dim)
-    index.add(corpus)
-    ours, theirs = [], []
-    for _ in range(args.repeat):  # interleaved, so both see the same machine load
+    queries = normalized(args.queries, args.dim, 1)
+    if args.memmap:
+        corpus = memmap_corpus(args.memmap, args.docs, args.dim)
+    else:
+        corpus = normalized(args.docs, args.dim, 0)
+
+    def ours_search() -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(queries, corpus, args.topk, corpus_chunk_size=args.chunk_size,
+                            query_batch_size=args.query_batch_size)
+
+    ours, theirs, rss_growth = [], [], None
+    if args.memmap:  # first densekit run before faiss holds its in-RAM copy: its own peak RSS
+        exact_search(queries, np.array(corpus[:8192]), args.topk, corpus_chunk_size=args.chunk_size,
+                     query_batch_size=args.query_batch_size)  # warm-up: thread pools, allocator
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM)
+        before = rss_kib("VmRSS")
         start = time.perf_counter()
-        _, ours_ids = exact_search(queries, corpus, args.topk, corpus_chunk_size=args.chunk_size,
-                                   query_batch_size=args.query_batch_size)
+        ours_scores, ours_ids = ours_search()
         ours.append(time.perf_counter() - start)
+        rss_growth = (rss_kib("VmHWM") - before) / 1024
+    index = faiss.IndexFlatIP(args.dim)
+    for start in range(0, args.docs, 65536):
+        index.add(np.ascontiguousarray(corpus[start:start + 65536]))
+    for rep in range(args.repeat):  # interleaved, so both see the same machine load
+        if not (args.memmap and rep == 0):
+            start = time.perf_counter()
+            ours_scores, ours_ids = ours_search()
+            ours.append(time.perf_counter() - start)
         start = time.perf_counter()
-        _, faiss_ids = index.search(queries, args.topk)
+        faiss_scores, faiss_ids = index.search(queries, args.topk)
         theirs.append(time.perf_counter() - start)
     agree = float(np.mean(ours_ids == faiss_ids))
+    score_diff = float(np.max(np.abs(ours_scores - faiss_scores)))
     ours_time, faiss_time = min(ours), min(theirs)
 
     print("| queries | docs | dim | topk | chunk | qbatch | torch thr | faiss thr | densekit s | faiss s "
-          "| ratio (ours/faiss) | ids equal |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ratio (ours/faiss) | ids equal | max score diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.queries} | {args.docs} | {args.dim} | {args.topk} | {args.chunk_size} | "
           f"{args.query_batch_size} | {torch.get_num_threads()} | {faiss.omp_get_max_threads()} | "
-          f"{ours_time:.3f} | {faiss_time:.3f} | {ours_time / faiss_time:.2f}x | {agree:.4f} |")
-    if not args.skip_rss:
+          f"{ours_time:.3f} | {faiss_time:.3f} | {ours_time / faiss_time:.2f}x | {agree:.4f} | {score_diff:.1e} |")
+    runs = f"densekit {' '.join(f'{t:.3f}' for t in ours)}; faiss {' '.join(f'{t:.3f}' for t in theirs)}"
+    print(f"\nall runs (s): {runs}")
+    if rss_growth is not None:
+        print(f"densekit peak RSS growth over the {corpus.nbytes / 2**20:.0f} MiB memmap: {rss_growth:.0f} MiB")
+    if not args.skip_rss and not args.memmap:
         measure_rss(args, corpus)
 
 

@@ -202,3 +202,118 @@ def test_exact_search_releases_memmap_pages_so_rss_stays_at_chunk_size(tmp_path)
     assert _mapped_rss_kib(path) >= 64
     exact_search(queries, mapped, 5, corpus_chunk_size=256)
     assert _mapped_rss_kib(path) <= 2 * 64 + 8  # ~one chunk (+ pages shared with neighbours), not 4096
+
+
+# --- threshold filtering (FastResultHeapq keeps each query's k-th best and scans later blocks for
+# scores at or above it), checked against the same brute-force reference ---
+
+def _heap_topk(blocks: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    heap, offset = FastResultHeapq(topk=k), 0
+    for block in blocks:
+        heap.add(torch.from_numpy(block), offset=offset)
+        offset += block.shape[1]
+    scores, ids = heap.results()
+    return scores.numpy(), ids.numpy()
+
+
+def _reference_from_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize("width", [5, 200, 1000, 1003])  # narrow, grid without / with a ragged tail
+def test_heapq_scores_equal_to_the_threshold_enter_by_lower_index(width: int) -> None:
+    # every block repeats the k-th best score of the first block at many columns: those equal to the
+    # threshold must still be compared by index (none of the later ones wins, all are candidates)
+    k = 4
+    first = np.array([[9.0, 8.0, 7.0, 6.0, 5.0, 1.0]] * 3, dtype=np.float32)
+    later = np.full((3, width), 6.0, dtype=np.float32)
+    later[1, ::7] = 7.0  # some above the threshold, tying the 3rd best
+    later[2, -1] = 10.0
+    scores = np.concatenate([first, later, later], axis=1)
+    got = _heap_topk([first, later, later.copy()], k)
+    ref = _reference_from_scores(scores, k)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_heapq_ties_with_unordered_explicit_indices_keep_the_lowest_index() -> None:
+    # a later block may hold lower corpus indices (e.g. shards read out of order): a score equal to
+    # the threshold with a lower index than the current k-th best must replace it
+    heap = FastResultHeapq(topk=2)
+    heap.add(torch.tensor([[5.0, 3.0, 1.0]] * 200), torch.tensor([10, 11, 12]))
+    heap.add(torch.full((200, 300), 3.0), torch.arange(300) + 1000)  # ties, higher indices: no change
+    heap.add(torch.tensor([[3.0, 2.0]] * 200), torch.tensor([4, 5]))  # tie, lower index: replaces 11
+    scores, ids = heap.results()
+    assert ids.tolist() == [[10, 4]] * 200
+    assert scores.tolist() == [[5.0, 3.0]] * 200
+
+
+@pytest.mark.parametrize("pattern", ["nothing_passes", "all_pass", "rising", "one_row_rising"])
+def test_heapq_exact_when_no_or_every_score_passes_the_threshold(pattern: str) -> None:
+    rng = np.random.default_rng(7)
+    nq, width, k, nblocks = 6, 640, 20, 5
+    scores = rng.standard_normal((nq, width * nblocks)).astype(np.float32)
+    if pattern == "nothing_passes":  # the first block holds every winner
+        scores[:, :width] += 100.0
+    elif pattern == "all_pass":  # every block beats everything before it
+        scores += np.repeat(np.arange(nblocks, dtype=np.float32) * 100.0, width)
+    elif pattern == "rising":  # adversarial: each score beats all earlier ones
+        scores = np.tile(np.arange(width * nblocks, dtype=np.float32), (nq, 1))
+    else:  # one query rises (its block candidates exceed the per-row cap), the others do not
+        scores[0] = np.arange(width * nblocks, dtype=np.float32)
+    blocks = np.split(scores, nblocks, axis=1)
+    got = _heap_topk(blocks, k)
+    ref = _reference_from_scores(scores, k)
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_heapq_reports_nan_found_by_the_threshold_pass() -> None:
+    heap = FastResultHeapq(topk=5)
+    heap.add(torch.randn(4, 500), offset=0)  # sets the thresholds
+    later = torch.randn(4, 500) - 10.0  # nothing would pass: the NaN must still be seen
+    later[2, 123] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        heap.add(later, offset=500)
+
+
+def test_heapq_results_do_not_change_when_the_caller_reuses_the_score_buffer() -> None:
+    buffer = torch.empty(3, 4)
+    heap = FastResultHeapq(topk=8)  # k > block width: candidates are the block itself
+    expected = []
+    for step in range(4):
+        buffer.copy_(torch.arange(12, dtype=torch.float32).view(3, 4) * (step + 1) % 7)
+        expected.append(buffer.clone())
+        heap.add(buffer, offset=4 * step)
+    scores, ids = heap.results()
+    ref = _reference_from_scores(torch.cat(expected, 1).numpy(), 8)
+    np.testing.assert_array_equal(ids.numpy(), ref[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_exact_search_with_worker_threads_matches_bruteforce(threads: int) -> None:
+    queries, corpus = tied_data(37, 9000, dim=6, seed=5)  # many ties, several 4096-wide blocks
+    before = torch.get_num_threads()
+    scores, ids = exact_search(queries, corpus, 50, corpus_chunk_size=5000, query_batch_size=8,
+                               threads=threads)
+    assert torch.get_num_threads() == before  # the temporary single-thread setting is undone
+    ref_scores, ref_ids = reference_topk(queries, corpus, 50)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_exact_search_normalized_vectors_many_blocks_match_bruteforce() -> None:
+    # the realistic case: thresholds rise block after block and later blocks pass almost nothing
+    rng = np.random.default_rng(11)
+    queries = rng.standard_normal((40, 32), dtype=np.float32)
+    corpus = rng.standard_normal((30000, 32), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    scores, ids = exact_search(queries, corpus, 100, threads=2)
+    ref_scores, ref_ids = reference_topk(queries, corpus, 100)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    # float32 vs float64 may swap near-ties; any other difference is a bug
+    differ = ids != ref_ids
+    assert differ.mean() < 0.002
+    assert np.all(np.abs(scores[differ] - ref_scores[differ]) < 1e-5)
