@@ -89,8 +89,11 @@ def test_kill_9_during_encoding_resumes_and_matches_uninterrupted_run_bit_for_bi
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     with pytest.raises(InputError, match="not a finished embedding folder"):
         CacheEntry.open(tmp_path / "resumed")
-    assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 0
-    assert main([*args, "--output_dir", str(tmp_path / "straight")]) == 0
+    # Rerun the same command the way a user would (a fresh process with the same settings), and an
+    # uninterrupted run for reference.
+    for out in ("resumed", "straight"):
+        subprocess.run([sys.executable, "-m", "densekit.cli.main", *args, "--output_dir", str(tmp_path / out)],
+                       check=True, capture_output=True)
     ids_a, embs_a = CacheEntry.open(tmp_path / "resumed").load()
     ids_b, embs_b = CacheEntry.open(tmp_path / "straight").load()
     assert ids_a == ids_b == [f"d{i}" for i in range(50)]
@@ -118,3 +121,9 @@ def test_mine_command_writes_mined_and_merged_qrels(tiny_model_dir, tmp_path):
     judged = read_qrels(beir / "qrels" / "test.tsv")
     assert all(len(d) == 4 and not set(d) & set(judged[q]) for q, d in mined.items())
     assert all(merged[q][d] == s for q, docs in judged.items() for d, s in docs.items())
+
+
+def test_search_measures_without_qrels_is_refused(tmp_path, capsys):
+    assert main(["search", "--query_embeddings", "q", "--corpus_embeddings", "c", "--output_dir", str(tmp_path),
+                 "--measures", "nDCG@10"]) == 1
+    assert "--qrels" in capsys.readouterr().err

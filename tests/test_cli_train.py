@@ -92,3 +92,16 @@ def test_cli_rejects_a_passage_chunk_larger_than_the_batch(tiny_model_dir, tmp_p
         train_cli.run(["--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir),
                        "--output_dir", str(tmp_path / "o"), "--group_size", "2", "--per_device_train_batch_size",
                        "4", "--grad_cache", "--passage_chunk_size", "9"])
+
+
+def test_random_negatives_never_include_a_positive_even_when_the_corpus_is_small(tmp_path):
+    beir = write_beir(tmp_path / "beir", split="train")  # 18 documents, 2 positives per query
+    positives, _ = train_cli.qrel_configs_from(train_cli.TrainDataArguments(dataset=str(beir), split="train"))
+    dataset = PositivesWithNegativesDataset(DataArguments(group_size=17, sampling_seed=1), positives)
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            group = dataset.group(index)
+            assert not set(group[1:]) & set(dataset.positives[dataset.query_ids[index]])
+    with pytest.raises(InputError, match="group_size"):
+        PositivesWithNegativesDataset(DataArguments(group_size=18), positives)

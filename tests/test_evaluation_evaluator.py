@@ -190,3 +190,50 @@ def test_changed_corpus_file_invalidates_only_the_corpus(tiny_model_dir, tmp_pat
     again = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
     again.evaluate()
     assert again.embedder.rows_encoded == 19  # the corpus again, the queries from the cache
+
+
+def test_max_length_beyond_model_positions_is_a_config_error(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    evaluator = make_evaluator(tiny_model_dir, beir, tmp_path / "out")
+    evaluator.data_collator.data_args.passage_max_len = 300  # the tiny model has 128 positions
+    with pytest.raises(ConfigError, match="passage_max_len=300"):
+        evaluator.evaluate()
+
+
+def test_evaluator_without_collator_uses_the_dataset_lengths(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    reference = make_evaluator(tiny_model_dir, beir, tmp_path / "a")
+    bare = RetrievalEvaluator(args=reference.args, model=reference.model, tokenizer=reference.tokenizer)
+    assert bare.evaluate(reference.eval_dataset) == reference.evaluate()
+
+
+def test_filters_that_leave_no_judged_query_are_an_input_error(tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    with pytest.raises(InputError, match="no query has a judgment"):
+        MultiLevelDataset(DataArguments(), MaterializedQRelConfig(
+            qrel_path=beir / "qrels" / "test.tsv", corpus_path=beir / "corpus.jsonl",
+            query_path=beir / "queries.jsonl", min_score=5))
+
+
+def test_bad_config_values_are_config_errors(tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    files = dict(qrel_path=beir / "qrels" / "test.tsv", corpus_path=beir / "corpus.jsonl",
+                 query_path=beir / "queries.jsonl")
+    with pytest.raises(ConfigError, match="corpus_cache"):
+        MaterializedQRelConfig(corpus_cache="sub/x.arrow", **files)
+    with pytest.raises(ConfigError, match="min_score"):
+        MaterializedQRelConfig(min_score="1", **files)
+    with pytest.raises(ConfigError, match="group_sizes"):
+        MultiLevelDataset(DataArguments(), MaterializedQRelConfig(**files), data_args_overrides={"group_sizes": 3})
+
+
+def test_another_tokenizer_invalidates_the_cache(tiny_model_dir, tmp_path):
+    beir = write_beir(tmp_path / "beir")
+    make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache")).evaluate()
+    other = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"))
+    from tokenizers import normalizers
+
+    # same weights, different tokenization (no lower-casing any more)
+    other.tokenizer.backend_tokenizer.normalizer = normalizers.NFD()
+    other.evaluate()
+    assert other.embedder.rows_encoded == 6 + 18

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from densekit.cli.arguments import parse_dataclasses
+from densekit.errors import ConfigError
 
 
 @dataclass
@@ -30,6 +31,8 @@ def run(argv) -> int:
     from densekit.evaluation.output import write_evaluation
 
     (args,) = parse_dataclasses((SearchArguments,), argv, prog="densekit search")
+    if args.measures and not args.qrels:
+        raise ConfigError("--measures needs --qrels (the judgments to score the run against).")
     began = time.perf_counter()
     qrels = read_qrels(args.qrels) if args.qrels else None  # read before the long work: fail early
     result = search_folders(args.query_embeddings, args.corpus_embeddings, args.topk, chunk_size=args.chunk_size)

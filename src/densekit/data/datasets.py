@@ -27,7 +27,7 @@ from densekit.data.qrels import (
 from densekit.data.sampling import example_rng, fill_to
 from densekit.data.formats import check_qrels
 from densekit.data.store import TextStore, load_store
-from densekit.errors import ConfigError
+from densekit.errors import ConfigError, InputError
 
 FormatQuery = Callable[..., str]
 FormatPassage = Callable[..., str]
@@ -69,6 +69,10 @@ class MultiLevelDataset(torch.utils.data.Dataset):
         num_proc: Optional[int] = None,
         store_cache_dir: Optional[str | Path] = None,
     ) -> None:
+        unknown = sorted(set(data_args_overrides or {}) - {f.name for f in dataclasses.fields(DataArguments)})
+        if unknown:
+            raise ConfigError(f"data_args_overrides names unknown DataArguments field(s) {unknown}; "
+                              f"known: {', '.join(f.name for f in dataclasses.fields(DataArguments))}.")
         self.data_args = dataclasses.replace(data_args, **(data_args_overrides or {}))
         self.format_query = format_query or _default_format_query
         self.format_passage = format_passage or _default_format_passage
@@ -86,6 +90,12 @@ class MultiLevelDataset(torch.utils.data.Dataset):
         self._check_ids(materialized)
         # Queries in query-file order, restricted to those with judgments: deterministic and reproducible.
         self.query_ids: list[str] = [qid for qid in self.queries.ids if qid in self.qrels]
+        if not self.query_ids:
+            files = [str(p) for m in materialized for p in m.qrel_paths]
+            raise InputError(
+                "no query has a judgment left after the configs' filters (min_score/max_score/filter_fn).",
+                path=files[0] if files else None,
+                fix="check qrel_path, the split, and the score filters of the MaterializedQRelConfig(s).")
         self.epoch = 0
 
     def _check_ids(self, materialized) -> None:

@@ -57,6 +57,16 @@ class MaterializedQRelConfig:
             raise ConfigError("MaterializedQRelConfig needs corpus_path (a file or a list of files).")
         if not as_path_list(self.query_path):
             raise ConfigError("MaterializedQRelConfig needs query_path (a file or a list of files).")
+        for name in ("min_score", "max_score"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{name} must be a number, got {value!r}.")
+        for name in ("corpus_cache", "query_cache"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or "/" in value or "\\" in value
+                                      or value in ("", ".", "..")):
+                raise ConfigError(f"{name}={value!r} must be a plain file name (it names an entry inside "
+                                  "EvaluationArguments.encoding_cache_dir), without folders.")
         if self.min_score is not None and self.max_score is not None and self.min_score >= self.max_score:
             raise ConfigError(
                 f"min_score={self.min_score} >= max_score={self.max_score} keeps no judgment "

@@ -19,7 +19,7 @@ from densekit.cache import CacheEntry, fingerprint, texts_fingerprint
 from densekit.data.store import TextStore
 from densekit.distributed import shard_range
 from densekit.errors import ConfigError, InputError
-from densekit.evaluation.embeddings import model_fingerprint
+from densekit.evaluation.embeddings import model_fingerprint, tokenizer_fingerprint
 from densekit.evaluation.encoding import encode_texts
 from densekit.search.topk import FastResultHeapq
 
@@ -56,7 +56,8 @@ def encode_to_folder(model, tokenizer, store: TextStore, kind: str, output_dir: 
     texts = formatted_texts(model, store, kind, rows, dataset_name)
     max_len = max_len or getattr(model, "max_length", None)
     append_eos = bool(getattr(model, "append_eos_token", False))
-    key = fingerprint(kind, model_fingerprint(model, max_len, append_eos), texts_fingerprint(ids, texts))
+    key = fingerprint(kind, tokenizer_fingerprint(tokenizer), model_fingerprint(model, max_len, append_eos),
+                      texts_fingerprint(ids, texts))
     entry = CacheEntry(path=Path(output_dir), key=key, block_size=block_size)
     if entry.is_complete():
         print(f"densekit encode: {output_dir} already holds these {len(ids)} {kind} embeddings; nothing to do")

@@ -6,6 +6,7 @@ mine and encode agree on keys and nobody encodes the same file twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import asdict, is_dataclass
 from typing import Callable, Optional, Sequence
@@ -29,6 +30,16 @@ def weights_fingerprint(retriever: torch.nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of a tokenizer's full definition (vocabulary, normalization, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = backend.to_str()
+    else:
+        definition = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
+    return hashlib.sha256(definition.encode("utf-8")).hexdigest()[:24]
 
 
 def model_fingerprint(retriever: torch.nn.Module, max_len: Optional[int], append_eos: bool,

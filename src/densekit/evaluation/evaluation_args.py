@@ -2,8 +2,8 @@
 
 It subclasses TrainingArguments so that launchers, ``HfArgumentParser`` and distributed setup work as
 for training; of the inherited options, evaluation reads ``output_dir``, ``per_device_eval_batch_size``,
-``report_to``, ``fp16``/``bf16`` (autocast while encoding), ``dataloader_num_workers`` and the process
-and device fields. Everything else is ignored.
+``report_to``, ``disable_tqdm`` and the process and device fields. Everything else is ignored (encoding
+runs in float32: reduced precision would change the vectors the cache keys promise).
 """
 from __future__ import annotations
 

@@ -16,12 +16,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from densekit.cache import EmbeddingCache
+from densekit.cache import EmbeddingCache, fingerprint
 from densekit.data.collator import RetrievalCollator
+from densekit.data.data_args import DataArguments
 from densekit.data.datasets import MultiLevelDataset
 from densekit.data.formats import write_qrels
 from densekit.errors import ConfigError
-from densekit.evaluation.embeddings import Embedder, model_fingerprint, weights_fingerprint
+from densekit.evaluation.embeddings import Embedder, model_fingerprint, tokenizer_fingerprint, weights_fingerprint
 from densekit.evaluation.encoding import encode_texts
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
@@ -70,20 +71,32 @@ class RetrievalEvaluator:
                 "ranks the whole corpus for every judged query (a BinaryDataset only knows sampled groups)."
             )
         self.eval_dataset = eval_dataset
-        self.data_collator = data_collator or RetrievalCollator(
-            data_args=eval_dataset.data_args if eval_dataset is not None else None,
-            tokenizer=self.tokenizer,
-            append_eos=getattr(model, "append_eos_token", False),
-        )
+        self._collator = data_collator
         check_reporters(args.report_to)
         self.device = torch.device(args.device) if hasattr(args, "device") else torch.device("cpu")
         self._embedder: Optional[Embedder] = None
 
+    @property
+    def data_collator(self) -> RetrievalCollator:
+        """The collator given, else one made from the dataset's DataArguments (lengths, eos)."""
+        if self._collator is None:
+            data_args = self.eval_dataset.data_args if self.eval_dataset is not None else DataArguments()
+            self._collator = RetrievalCollator(data_args=data_args, tokenizer=self.tokenizer,
+                                               append_eos=getattr(self.model, "append_eos_token", False))
+        return self._collator
+
     # ----------------------------------------------------------------------------------- encoding
     def _max_len(self, kind: str) -> Optional[int]:
-        data_args = self.data_collator.data_args
-        explicit = getattr(data_args, "query_max_len" if kind == "query" else "passage_max_len", None)
-        return explicit or getattr(self.model, "max_length", None)
+        """The token budget of queries or passages: DataArguments' value, else the model's own limit."""
+        name = "query_max_len" if kind == "query" else "passage_max_len"
+        explicit = getattr(self.data_collator.data_args, name, None)
+        limit = getattr(self.model, "max_length", None)
+        config = getattr(getattr(self.model, "encoder", None), "config", None)
+        positions = getattr(config, "max_position_embeddings", None)
+        if explicit and positions and explicit > positions:
+            raise ConfigError(f"{name}={explicit} is longer than the model accepts ({positions} positions); "
+                              f"use at most {positions}.")
+        return explicit or limit
 
     def _encode(self, texts, kind: str) -> np.ndarray:
         return encode_texts(
@@ -101,7 +114,9 @@ class RetrievalEvaluator:
                 cache = EmbeddingCache(self.args.encoding_cache_dir, block_size=self.args.encoding_block_size)
             weights = weights_fingerprint(self.model)
             append_eos = bool(self.data_collator.append_eos)
-            keys = {kind: model_fingerprint(self.model, self._max_len(kind), append_eos, weights=weights)
+            tokens = tokenizer_fingerprint(self.tokenizer)
+            keys = {kind: fingerprint(tokens, model_fingerprint(self.model, self._max_len(kind), append_eos,
+                                                                weights=weights))
                     for kind in ("query", "passage")}
             self._embedder = Embedder(self._encode, keys, cache=cache, block_size=self.args.encoding_block_size)
         return self._embedder
@@ -110,6 +125,8 @@ class RetrievalEvaluator:
         dataset = dataset if dataset is not None else self.eval_dataset
         if dataset is None:
             raise ConfigError("No dataset: pass eval_dataset to RetrievalEvaluator or to this method.")
+        if self.eval_dataset is None:
+            self.eval_dataset = dataset  # its DataArguments give the default collator's lengths
         return dataset
 
     def _query_texts(self, dataset: MultiLevelDataset) -> list[str]:
@@ -151,11 +168,13 @@ class RetrievalEvaluator:
         q_rows = distributed.shard_range(len(query_ids), me, world)
         c_rows = distributed.shard_range(len(doc_ids), me, world)
         shard_name = (lambda name: name and (name if world == 1 else f"{name}.rank{me}of{world}"))
-        query_embs = self.embedder.embed(query_ids[q_rows.start:q_rows.stop], query_texts[q_rows.start:q_rows.stop],
-                                         "query", name=shard_name(dataset.query_cache))
-        query_embs = np.asarray(query_embs, dtype=np.float32)
+        query_embs = None
+        if len(q_rows):  # more ranks than queries leaves some ranks without a query shard
+            query_embs = np.asarray(self.embedder.embed(
+                query_ids[q_rows.start:q_rows.stop], query_texts[q_rows.start:q_rows.stop], "query",
+                name=shard_name(dataset.query_cache)), dtype=np.float32)
         if world > 1:
-            query_embs = np.concatenate(distributed.all_gather_objects(query_embs))
+            query_embs = np.concatenate([p for p in distributed.all_gather_objects(query_embs) if p is not None])
         queries = torch.tensor(query_embs, device=self.device)  # a copy: cache blocks are read-only
         heap = FastResultHeapq(topk=topk, device=self.device)
         chunk = self.args.per_device_matmul_batch_size

@@ -51,9 +51,11 @@ class PositivesWithNegativesDataset(torch.utils.data.Dataset):
         if not self.query_ids:
             raise InputError("no query has a positive judgment.", path=positives.qrel_paths[0] if
                              positives.qrel_paths else None, fix="check the qrel file and min_score.")
-        if len(self.corpus) < data_args.group_size:
-            raise InputError(f"the corpus has {len(self.corpus)} documents, fewer than group_size "
-                             f"{data_args.group_size}.", fix="lower --group_size.")
+        most_positives = max(len(docs) for docs in self.positives.values())
+        if len(self.corpus) - most_positives < data_args.group_size - 1:
+            raise InputError(f"the corpus has {len(self.corpus)} documents; a query with {most_positives} positives "
+                             f"leaves fewer than group_size - 1 = {data_args.group_size - 1} negatives.",
+                             fix="lower --group_size.")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -72,7 +74,7 @@ class PositivesWithNegativesDataset(torch.utils.data.Dataset):
         chosen = [positives[int(rng.integers(len(positives)))]]
         while len(chosen) < self.data_args.group_size:
             doc = self.corpus.id_at(int(rng.integers(len(self.corpus))))
-            if doc not in excluded or len(excluded) >= len(self.corpus):
+            if doc not in excluded:  # never a positive, never twice (the size check makes this terminate)
                 chosen.append(doc)
                 excluded.add(doc)
         return chosen

@@ -130,6 +130,9 @@ class PretrainedEncoder(torch.nn.Module):
         so a folder that has it is complete)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        # Saving over an earlier checkpoint: drop its completeness marker first, so an interrupted save
+        # never leaves a folder that looks complete with half-written weights.
+        (directory / DENSEKIT_CONFIG_NAME).unlink(missing_ok=True)
         self._save_model(directory, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
