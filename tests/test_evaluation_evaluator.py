@@ -237,3 +237,15 @@ def test_another_tokenizer_invalidates_the_cache(tiny_model_dir, tmp_path):
     other.tokenizer.backend_tokenizer.normalizer = normalizers.NFD()
     other.evaluate()
     assert other.embedder.rows_encoded == 6 + 18
+
+
+def test_cache_is_shared_between_evaluate_and_mine_on_other_queries(tiny_model_dir, tmp_path):
+    """The tokenizer keeps truncation state from its last call; that must not change the cache key."""
+    beir = write_beir(tmp_path / "beir")
+    first = make_evaluator(tiny_model_dir, beir, tmp_path / "a", encoding_cache_dir=str(tmp_path / "cache"))
+    first.evaluate()
+    again = make_evaluator(tiny_model_dir, beir, tmp_path / "b", encoding_cache_dir=str(tmp_path / "cache"),
+                           search_topk=3)
+    again.tokenizer = first.tokenizer  # the same tokenizer object, now carrying truncation state
+    again.mine_hard_negatives()
+    assert again.embedder.rows_encoded == 0

@@ -36,7 +36,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of a tokenizer's full definition (vocabulary, normalization, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        definition = backend.to_str()
+        # Truncation and padding are per-call state the tokenizer keeps from its last use; the lengths
+        # that matter are part of the model key already.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        definition = json.dumps(state, sort_keys=True)
     else:
         definition = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
     return hashlib.sha256(definition.encode("utf-8")).hexdigest()[:24]
