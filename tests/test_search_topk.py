@@ -317,3 +317,20 @@ def test_exact_search_normalized_vectors_many_blocks_match_bruteforce() -> None:
     differ = ids != ref_ids
     assert differ.mean() < 0.002
     assert np.all(np.abs(scores[differ] - ref_scores[differ]) < 1e-5)
+
+
+def test_add_corpus_block_equals_brute_force_and_rejects_other_dimensions():
+    from densekit.errors import InputError
+    from densekit.search.topk import FastResultHeapq, add_corpus_block
+
+    rng = np.random.default_rng(5)
+    queries, corpus = rng.standard_normal((7, 16)).astype(np.float32), rng.standard_normal((50, 16)).astype(np.float32)
+    heap = FastResultHeapq(topk=5)
+    q = torch.tensor(queries)
+    for start in range(0, 50, 12):
+        add_corpus_block(heap, q, corpus[start:start + 12], start, chunk_size=5)
+    _, indices = heap.results()
+    expected = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(indices.numpy(), expected)
+    with pytest.raises(InputError, match="dimensions"):
+        add_corpus_block(heap, q, corpus[:, :8], 0, chunk_size=5)

@@ -21,7 +21,7 @@ from densekit.distributed import shard_range
 from densekit.errors import ConfigError, InputError
 from densekit.evaluation.embeddings import model_fingerprint, tokenizer_fingerprint
 from densekit.evaluation.encoding import encode_texts
-from densekit.search.topk import FastResultHeapq
+from densekit.search.topk import FastResultHeapq, add_corpus_block
 
 
 @dataclass
@@ -94,10 +94,7 @@ def search_folders(query_folder: str | Path, corpus_folders: Sequence[str | Path
             if block.shape[1] != queries.shape[1]:
                 raise InputError(f"corpus vectors have {block.shape[1]} dimensions, queries {queries.shape[1]}.",
                                  path=folder, fix="encode queries and corpus with the same model.")
-            block_t = torch.tensor(np.asarray(block), device=device)
-            with torch.inference_mode():
-                for offset in range(0, len(block_t), chunk_size):
-                    heap.add(queries @ block_t[offset:offset + chunk_size].T, offset=base + start + offset)
+            add_corpus_block(heap, queries, block, base + start, chunk_size)
     if len(set(doc_ids)) != len(doc_ids):
         raise InputError("the same document id appears in two corpus embedding folders.",
                          path=corpus_folders[0], fix="give each shard once.")

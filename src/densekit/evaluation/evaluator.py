@@ -28,7 +28,7 @@ from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
 from densekit.evaluation.output import check_reporters, report_metrics, write_evaluation
 from densekit import distributed
-from densekit.search.topk import FastResultHeapq, merge_topk
+from densekit.search.topk import FastResultHeapq, add_corpus_block, merge_topk
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,7 @@ class RetrievalEvaluator:
         chunk = self.args.per_device_matmul_batch_size
 
         def score_block(start: int, block: np.ndarray) -> None:
-            block_t = torch.tensor(np.asarray(block), device=self.device)
-            with torch.inference_mode():
-                for offset in range(0, len(block_t), chunk):
-                    heap.add(queries @ block_t[offset:offset + chunk].T, offset=c_rows.start + start + offset)
+            add_corpus_block(heap, queries, block, c_rows.start + start, chunk)
 
         shard_ids, shard_texts = doc_ids[c_rows.start:c_rows.stop], corpus_texts[c_rows.start:c_rows.stop]
         name = shard_name(dataset.corpus_cache)

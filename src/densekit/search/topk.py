@@ -549,3 +549,20 @@ class ExactSearch:
     def search(self, query_embs: Embeddings, topk: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_search(query_embs, self.corpus_embs, topk, corpus_chunk_size=self.corpus_chunk_size,
                             query_batch_size=self.query_batch_size, device=self.device)
+
+
+def add_corpus_block(heap: FastResultHeapq, queries: torch.Tensor, block: Embeddings, offset: int,
+                     chunk_size: int) -> None:
+    """Score ``queries`` against a block of corpus vectors (rows ``offset...``) into ``heap``.
+
+    The block is copied to the queries' device (cache blocks are read-only memory maps) and scored
+    ``chunk_size`` rows per matmul, the push-style twin of :func:`exact_search` for callers that receive
+    corpus blocks one at a time (encoding while searching, reading shard folders).
+    """
+    if block.shape[1] != queries.shape[1]:
+        raise InputError(f"corpus vectors have {block.shape[1]} dimensions, queries {queries.shape[1]}.",
+                         fix="encode queries and corpus with the same model.")
+    block_t = torch.tensor(np.asarray(block), device=queries.device, dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, len(block_t), chunk_size):
+            heap.add(queries @ block_t[start:start + chunk_size].T, offset=offset + start)
