@@ -41,6 +41,25 @@ def _default_format_passage(text: str, title: Optional[str] = None, dataset: Opt
     return f"{title} {text}".strip() if title else text
 
 
+def open_stores(dataset, parts, store_cache_dir) -> None:
+    """Open the corpus and query stores that materialized configs name, and check every judged id.
+
+    Sets ``corpus_paths``, ``query_paths``, ``corpus``, ``queries``, ``corpus_cache`` and ``query_cache``
+    on ``dataset``; missing files and unknown ids fail here, before any encoding or training.
+    """
+    dataset.corpus_paths = unique_paths([m.corpus_paths for m in parts])
+    dataset.query_paths = unique_paths([m.query_paths for m in parts])
+    require_files(dataset.corpus_paths, "corpus")
+    require_files(dataset.query_paths, "queries")
+    dataset.corpus = load_store(dataset.corpus_paths, kind="corpus", cache_dir=store_cache_dir)
+    dataset.queries = load_store(dataset.query_paths, kind="queries", cache_dir=store_cache_dir)
+    for part in parts:
+        check_qrels(part.qrels, dataset.queries, dataset.corpus,
+                    path=part.qrel_paths[0] if part.qrel_paths else None)
+    dataset.corpus_cache = next((m.corpus_cache for m in parts if m.corpus_cache), None)
+    dataset.query_cache = next((m.query_cache for m in parts if m.query_cache), None)
+
+
 class MultiLevelDataset(torch.utils.data.Dataset):
     """Queries with groups of ``group_size`` judged documents and their (graded) labels.
 
@@ -78,16 +97,10 @@ class MultiLevelDataset(torch.utils.data.Dataset):
         self.format_passage = format_passage or _default_format_passage
         self.configs = as_config_list(qrel_config)
         materialized = [materialize(c) for c in self.configs]
-        self.corpus_paths = unique_paths([m.corpus_paths for m in materialized])
-        self.query_paths = unique_paths([m.query_paths for m in materialized])
-        require_files(self.corpus_paths, "corpus")
-        require_files(self.query_paths, "queries")
-        self.corpus: TextStore = load_store(self.corpus_paths, kind="corpus", cache_dir=store_cache_dir)
-        self.queries: TextStore = load_store(self.query_paths, kind="queries", cache_dir=store_cache_dir)
+        self.corpus: TextStore
+        self.queries: TextStore
+        open_stores(self, materialized, store_cache_dir)
         self.qrels: dict[str, dict[str, float]] = merge_qrels([m.qrels for m in materialized])
-        self.corpus_cache = next((m.corpus_cache for m in materialized if m.corpus_cache), None)
-        self.query_cache = next((m.query_cache for m in materialized if m.query_cache), None)
-        self._check_ids(materialized)
         # Queries in query-file order, restricted to those with judgments: deterministic and reproducible.
         self.query_ids: list[str] = [qid for qid in self.queries.ids if qid in self.qrels]
         if not self.query_ids:
@@ -97,11 +110,6 @@ class MultiLevelDataset(torch.utils.data.Dataset):
                 path=files[0] if files else None,
                 fix="check qrel_path, the split, and the score filters of the MaterializedQRelConfig(s).")
         self.epoch = 0
-
-    def _check_ids(self, materialized) -> None:
-        """Every judged query and document must exist; checked for all ids at once, before any encoding."""
-        for part in materialized:
-            check_qrels(part.qrels, self.queries, self.corpus, path=part.qrel_paths[0] if part.qrel_paths else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the epoch so that ``random`` selection draws new groups (called by the trainer)."""
@@ -191,16 +199,9 @@ class BinaryDataset(torch.utils.data.Dataset):
         pos_parts = [materialize(c) for c in self.positive_configs]
         neg_parts = [materialize(c) for c in self.negative_configs]
         parts = pos_parts + neg_parts
-        self.corpus_paths = unique_paths([m.corpus_paths for m in parts])
-        self.query_paths = unique_paths([m.query_paths for m in parts])
-        require_files(self.corpus_paths, "corpus")
-        require_files(self.query_paths, "queries")
-        self.corpus: TextStore = load_store(self.corpus_paths, kind="corpus", cache_dir=store_cache_dir)
-        self.queries: TextStore = load_store(self.query_paths, kind="queries", cache_dir=store_cache_dir)
-        for part in parts:
-            check_qrels(part.qrels, self.queries, self.corpus, path=part.qrel_paths[0] if part.qrel_paths else None)
-        self.corpus_cache = next((m.corpus_cache for m in parts if m.corpus_cache), None)
-        self.query_cache = next((m.query_cache for m in parts if m.query_cache), None)
+        self.corpus: TextStore
+        self.queries: TextStore
+        open_stores(self, parts, store_cache_dir)
         positives = merge_qrels([m.qrels for m in pos_parts])
         negatives = merge_qrels([m.qrels for m in neg_parts])
         del pos_parts, neg_parts, parts
