@@ -6,7 +6,18 @@ import pytest
 import torch
 
 from densekit.errors import ConfigError, InputError
-from densekit.search import ExactSearch, FastResultHeapq, exact_search, merge_topk
+from densekit.search import ExactSearch, FastResultHeapq, exact_search, heap_kernel, merge_topk
+
+
+@pytest.fixture(autouse=True, params=["compiled", "tensor"])
+def heap_path(request, monkeypatch) -> str:
+    """Every test runs on both running-top-k paths: the numba heap pass (CPU) and the tensor merge
+    (what CUDA, or a machine without numba, uses)."""
+    if request.param == "compiled":
+        assert heap_kernel.AVAILABLE, "numba is a dependency of densekit"
+    else:
+        monkeypatch.setattr(heap_kernel, "AVAILABLE", False)
+    return request.param
 
 
 def reference_topk(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -334,3 +345,15 @@ def test_add_corpus_block_equals_brute_force_and_rejects_other_dimensions():
     np.testing.assert_array_equal(indices.numpy(), expected)
     with pytest.raises(InputError, match="dimensions"):
         add_corpus_block(heap, q, corpus[:, :8], 0, chunk_size=5)
+
+
+def test_order_keys_round_trip_and_order_scores_desc_then_lower_index() -> None:
+    scores = np.array([1.5, -0.0, 0.0, -2.0, 1.5, -np.inf, 3.0], dtype=np.float32)
+    indices = np.array([7, 3, 2, 9, 4, -1, 0], dtype=np.int64)
+    keys = heap_kernel.order_keys(scores, indices)
+    back_scores, back_indices = heap_kernel.decode_keys(keys)
+    np.testing.assert_array_equal(back_indices, indices)
+    np.testing.assert_array_equal(back_scores, scores + np.float32(0.0))  # -0.0 comes back as 0.0
+    ranked = indices[np.argsort(-keys, kind="stable")]
+    assert ranked.tolist() == [0, 4, 7, 2, 3, 9, -1]  # 0.0 and -0.0 tie: lower index first; padding last
+    assert heap_kernel.PADDING_KEY == int(keys[indices == -1][0])

@@ -6,9 +6,10 @@ numpy array, a memory-mapped file, a torch tensor or any iterable of ``(offset, 
 block of scores is folded into a running top-k per query (:class:`FastResultHeapq`), so peak memory is
 set by the chunk and block sizes, not by the corpus size.
 
-Why it is fast: like a heap, the running top-k keeps each query's k-th best score, and after the first
-blocks almost no score reaches it; finding those few takes one cheap pass over each score block, so the
-search costs little more than its matrix products (see :func:`_threshold_candidates`).
+Why it is fast: like faiss's flat index, each query keeps its k-th best score so far, and after the
+first blocks almost no score reaches it; on CPU one compiled pass per block compares every score with
+it and pushes the few that pass into a per-query heap (:mod:`densekit.search.heap_kernel`), so the
+search costs little more than its matrix products.
 
 Ordering contract (the same everywhere in densekit, so runs are reproducible and shards merge exactly):
 results are sorted by score, descending; **equal scores are ordered by the lower corpus index first**;
@@ -34,13 +35,15 @@ from typing import Iterable, Iterator, Protocol, Sequence, Union, runtime_checka
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from densekit.errors import ConfigError, InputError
+from densekit.search import heap_kernel
 
 Embeddings = Union[np.ndarray, torch.Tensor]
 CorpusSource = Union[np.ndarray, torch.Tensor, Iterable[tuple[int, Embeddings]]]
 
-_LOW_MASK = 2**32 - 1  # corpus indices must fit below this (see _order_keys)
+_LOW_MASK = heap_kernel.INDEX_LIMIT  # corpus indices must fit below this (see _order_keys)
 
 
 def _order_keys(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -78,164 +81,34 @@ def _sort_candidates(scores: torch.Tensor, indices: torch.Tensor, k: int, ordere
     return scores.gather(1, best), indices.gather(1, best)
 
 
-def _grouped_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top ``k + 1`` values and columns of each row, sorted, without a ``topk`` over the full width.
-
-    Why: ``torch.topk`` costs a few ns per element on CPU, a third of the whole search. Instead view
-    the ``m`` columns as a ``[g, w]`` grid (column ``t*w + j`` is cell ``(t, j)``) and take each grid
-    column's maximum with one cheap vectorized ``amax``. If the k-th best of these ``w`` maxima is
-    strictly above the (k+1)-th, every element outside the k best grid columns is beaten by ``k``
-    maxima, so the top-k lies among those ``k*g`` cells (plus the ungridded tail): a ``topk`` over
-    ``k*g`` instead of ``m`` values. Rows where the two maxima tie are flagged in the returned mask
-    (``False``) so the caller redoes them exactly.
-    """
-    nq, m = scores.shape
-    g = int((m / k) ** 0.5)  # balances the w maxima against the k*g candidates
-    w = m // g
-    grid = scores[:, : g * w].unflatten(1, (g, w))
-    gvals, gids = torch.topk(grid.amax(dim=1), k + 1, dim=1, largest=True, sorted=True)
-    separated = gvals[:, k - 1] != gvals[:, k]
-    subset = grid.gather(2, gids[:, None, :k].expand(nq, g, k)).reshape(nq, g * k)
-    if g * w < m:
-        subset = torch.cat([subset, scores[:, g * w:]], dim=1)
-    values, pos = torch.topk(subset, k + 1, dim=1, largest=True, sorted=True)
-    grid_cols = (pos // k) * w + gids.gather(1, pos % k)
-    cols = torch.where(pos < g * k, grid_cols, pos - g * k + g * w)
-    return values, cols, separated
-
-
-def _chunk_candidates(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact top-``k`` (by score desc, index asc) of each row of a score block, in no tie order.
-
-    ``indices`` holds the corpus index of every column (``[m]``). ``torch.topk`` leaves the choice among
-    equal scores unspecified, so we ask for ``k + 1``: when the k-th and (k+1)-th values differ the
-    top-k set is unique; only rows where they are equal (a tie across the cut, e.g. duplicate
-    documents) are redone over the full row with the exact tie-free keys.
-    """
-    nq, m = scores.shape
-    if m <= k:
-        if torch.isnan(scores).any():
-            raise _nan_error()
-        return scores.clone(), indices.expand(nq, m)  # a copy: callers buffer it, the block is reused
-    if m >= 16 * k:  # wide enough for the grid pre-selection to pay (g >= 4)
-        values, positions, separated = _grouped_topk(scores, k)
-    else:
-        values, positions = torch.topk(scores, k + 1, dim=1, largest=True, sorted=True)
-        separated = None
-    if torch.isnan(values[:, 0]).any():  # topk/amax rank NaN above everything: a NaN would be first
-        raise _nan_error()
-    redo = values[:, k - 1] == values[:, k]
-    if separated is not None:
-        redo |= ~separated
-    values, positions = values[:, :k], positions[:, :k]
-    rows = redo.nonzero().flatten()
-    if rows.numel():
-        full = scores[rows]
-        exact = torch.topk(_order_keys(full, indices.expand_as(full)), k, dim=1).indices
-        values, positions = values.clone(), positions.clone()
-        values[rows], positions[rows] = full.gather(1, exact), exact
-    return values, indices[positions]
-
-
 def _nan_error() -> InputError:
     return InputError("similarity scores contain NaN; the query or corpus embeddings contain NaN or inf.",
                       fix="check the encoder output (e.g. fp16 overflow) and re-encode.")
 
 
-_FILTER_GROUPS = 8  # columns per grid cell in the threshold pre-filter (see _threshold_candidates)
-_HEAVY_ROW = 4  # a row with more than this many x topk candidates in one block gets its own topk
-_FULL_TOPK_FRACTION = 8  # if more than 1/8 of a block passes the threshold, a full per-row topk is cheaper
-
-
-def _threshold_candidates(scores: torch.Tensor, threshold: torch.Tensor, k: int
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(rows, cols, values)`` of every score ``>= threshold[row]``, grouped by row; ``None`` if too many.
-
-    Why: once a query has ``k`` results, only scores at or above its current k-th best can still enter,
-    and after the first blocks that is a tiny fraction. Finding them must cost far less than the
-    matmul that made the block, so there is one cheap pass over the block: view the ``m`` columns as
-    a ``[g, w]`` grid (column ``t*w + j`` is cell ``(t, j)``) and take each grid column's maximum (a
-    vectorized ``amax``; it propagates NaN, which is reported). Only grid columns whose maximum
-    reaches the threshold are read again. If a row has no threshold yet (``-inf``: the first block),
-    the k-th largest of its ``w`` grid maxima is one: ``k`` distinct scores are at least that high.
-    ``>=`` keeps scores equal to the threshold; the merge orders such ties by index, so the result
-    stays exact.
-    """
-    nq, m = scores.shape
-    g = _FILTER_GROUPS if m >= 8 * _FILTER_GROUPS else 1
-    w = m // g
-    grid = scores[:, : g * w].unflatten(1, (g, w))
-    maxima = grid.amax(dim=1) if g > 1 else scores
-    tail = scores[:, g * w:]
-    if torch.isnan(maxima.amax()) or (tail.numel() and torch.isnan(tail).any()):
-        raise _nan_error()
-    if w >= k and bool(torch.isneginf(threshold).any()):
-        threshold = torch.maximum(threshold, torch.topk(maxima, k, dim=1, sorted=False).values.amin(dim=1))
-    budget = nq * m // _FULL_TOPK_FRACTION
-    cell_rows, cell_cols = (maxima >= threshold[:, None]).nonzero(as_tuple=True)
-    if g == 1:
-        rows, cols = cell_rows, cell_cols
-    elif cell_rows.numel() * g <= 2 * budget:  # few grid columns pass: read back only their members
-        members = grid.transpose(1, 2)[cell_rows, cell_cols]  # [cells, g]
-        cell, t = (members >= threshold[cell_rows, None]).nonzero(as_tuple=True)
-        rows, cols, values = cell_rows[cell], cell_cols[cell] + t * w, members[cell, t]
-        if tail.numel():  # the last m % g columns are not in the grid: compare them directly
-            tail_rows, tail_cols = (tail >= threshold[:, None]).nonzero(as_tuple=True)
-            order = torch.sort(torch.cat([rows, tail_rows]), stable=True).indices
-            rows = torch.cat([rows, tail_rows])[order]
-            cols = torch.cat([cols, tail_cols + g * w])[order]
-            values = torch.cat([values, tail[tail_rows, tail_cols]])[order]
-        return rows, cols, values
-    else:  # many grid columns pass: compare every score directly
-        rows, cols = (scores >= threshold[:, None]).nonzero(as_tuple=True)
-    if rows.numel() > budget:
-        return None
-    return rows, cols, scores[rows, cols]
-
-
-def _pad_by_row(rows: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, nq: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scatter row-grouped candidates into ``[nq, width]`` (padding ``-inf`` / ``-1``); also per-row counts."""
-    counts = torch.bincount(rows, minlength=nq)
-    width = int(counts.max()) if rows.numel() else 0
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows.numel(), device=rows.device) - starts[rows]
-    padded_scores = values.new_full((nq, width), float("-inf"))
-    padded_indices = indices.new_full((nq, width), -1)
-    padded_scores[rows, pos] = values
-    padded_indices[rows, pos] = indices
-    return padded_scores, padded_indices, counts
-
-
 class FastResultHeapq:
     """Running top-k (scores float32, corpus indices int64) for a batch of queries, across corpus chunks.
 
-    Same name and role as Trove's ``FastResultHeapq``: rather than a Python heap per query, each call to
-    :meth:`add` takes a whole ``[num_queries, chunk]`` score block, so the work is a few large tensor
-    ops on the tensors' device (CPU or CUDA alike). Like a heap, it keeps each query's k-th best score
-    as a threshold: a block is only scanned for scores at or above it (one cheap pass, see
-    :func:`_threshold_candidates`), and those few candidates are buffered and merged into the running
-    top-k once about ``topk`` of them are waiting. A threshold from the last merge is a little low
-    but still valid (the true k-th best only rises), so results are exact, ties going to the lower
-    corpus index. Blocks where many scores pass go through a full per-row ``topk`` instead.
+    Same name and role as Trove's ``FastResultHeapq``: each call to :meth:`add` takes a whole
+    ``[num_queries, chunk]`` score block. On CPU the block goes through one compiled pass that compares
+    each score with its query's current k-th best and pushes the few that beat it into a per-query heap
+    (:mod:`densekit.search.heap_kernel`, the way faiss's flat index works); on other devices (or without
+    numba) the running top-k and the block are merged with one ``torch.topk`` on tie-free order keys.
+    Both are exact, ties going to the lower corpus index, whatever order the blocks come in.
 
     Args:
         topk: number of results to keep per query.
         device: where to keep the running results; default: the device of the first scores added.
-        merge_every: merge after at most this many blocks even if few candidates are waiting.
     """
 
-    def __init__(self, topk: int, device: torch.device | str | None = None, merge_every: int = 16) -> None:
+    def __init__(self, topk: int, device: torch.device | str | None = None) -> None:
         if not isinstance(topk, int) or topk < 1:
             raise ConfigError(f"topk must be a positive integer, got {topk!r}.")
         self.topk = topk
         self.device = torch.device(device) if device is not None else None
-        self.merge_every = max(1, merge_every)
-        self._scores: torch.Tensor | None = None  # [nq, topk] merged, in no order, padded -inf / -1
+        self._scores: torch.Tensor | None = None  # [nq, topk] in no order, padded -inf / -1
         self._indices: torch.Tensor | None = None
-        self._threshold: torch.Tensor | None = None  # [nq] k-th best merged score (-inf: fewer than k)
-        self._sorted = True
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # [nq, width_i] candidates
+        self._compiled: heap_kernel.RunningTopK | bool | None = None  # None until the first add()
         self._num_queries: int | None = None
 
     def add(self, scores: torch.Tensor, indices: torch.Tensor | Sequence[int] | None = None, *,
@@ -250,61 +123,51 @@ class FastResultHeapq:
         """
         if scores.dim() != 2:
             raise ConfigError(f"scores must be 2-D [num_queries, docs], got shape {tuple(scores.shape)}.")
-        device = self.device or (self._scores.device if self._scores is not None else scores.device)
-        scores = scores.to(device=device, dtype=torch.float32)
         nq, m = scores.shape
-        if self._num_queries is not None and self._num_queries != nq:
-            raise ConfigError(f"scores have {nq} query rows but earlier blocks had {self._num_queries}.")
-        if self._scores is None:  # all padding: an empty corpus is valid
+        if self._compiled is None:  # first block: start all padding (an empty corpus is valid)
             self._num_queries = nq
-            self._scores = torch.full((nq, self.topk), float("-inf"), device=device)
-            self._indices = torch.full((nq, self.topk), -1, device=device, dtype=torch.int64)
-            self._threshold = self._scores[:, 0]
+            device = self.device or scores.device
+            if device.type == "cpu" and heap_kernel.AVAILABLE:
+                self._compiled = heap_kernel.RunningTopK(nq, self.topk)
+            else:
+                self._compiled = False
+                self._scores = torch.full((nq, self.topk), float("-inf"), device=device)
+                self._indices = torch.full((nq, self.topk), -1, device=device, dtype=torch.int64)
+        elif self._num_queries != nq:
+            raise ConfigError(f"scores have {nq} query rows but earlier blocks had {self._num_queries}.")
         if m == 0:
             return
+        device = torch.device("cpu") if self._compiled else self._scores.device
+        scores = scores.to(device=device, dtype=torch.float32)
         if indices is None:
+            if offset < 0 or offset + m > _LOW_MASK:
+                raise ConfigError(f"corpus indices must be in [0, {_LOW_MASK}); got offset {offset} + {m} columns.")
             indices = torch.arange(offset, offset + m, device=device, dtype=torch.int64)
         else:
             indices = torch.as_tensor(indices, device=device, dtype=torch.int64)
             if indices.shape != (m,):
                 raise ConfigError(f"indices of shape {tuple(indices.shape)} do not match scores {tuple(scores.shape)}.")
-        found = _threshold_candidates(scores, self._threshold, self.topk)
-        if found is None:  # many pass (e.g. adversarial, rising scores): a full per-row top-k is cheaper
-            self._pending.append(_chunk_candidates(scores, indices, self.topk))
-        else:
-            rows, cols, values = found
-            cand_scores, cand_indices, counts = _pad_by_row(rows, values, indices[cols], nq)
-            cap = _HEAVY_ROW * self.topk
-            if cand_scores.shape[1] > cap:  # a few rows with many candidates: cut those to k first
-                heavy = (counts > cap).nonzero().flatten()
-                heavy_scores, heavy_indices = _chunk_candidates(scores[heavy], indices, self.topk)
-                cand_scores, cand_indices = cand_scores[:, :cap].clone(), cand_indices[:, :cap].clone()
-                cand_scores[heavy], cand_indices[heavy] = float("-inf"), -1
-                cand_scores[heavy, : self.topk], cand_indices[heavy, : self.topk] = heavy_scores, heavy_indices
-            if cand_scores.shape[1]:
-                self._pending.append((cand_scores, cand_indices))
-        if sum(s.shape[1] for s, _ in self._pending) >= self.topk or len(self._pending) >= self.merge_every:
-            self._merge()
-
-    def _merge(self) -> None:
-        """Fold the pending candidates into the running top-k (and so raise the thresholds)."""
-        if not self._pending:
+            if int(indices.min()) < 0 or int(indices.max()) >= _LOW_MASK:
+                raise ConfigError(f"corpus indices must be in [0, {_LOW_MASK}); got {int(indices.min())}.."
+                                  f"{int(indices.max())}.")
+        if self._compiled:
+            if not self._compiled.push(scores.contiguous().numpy(), indices.numpy()):
+                raise _nan_error()
             return
-        self._scores, self._indices = _sort_candidates(torch.cat([self._scores] + [s for s, _ in self._pending], 1),
-                                                       torch.cat([self._indices] + [i for _, i in self._pending], 1),
+        if torch.isnan(scores).any():
+            raise _nan_error()
+        self._scores, self._indices = _sort_candidates(torch.cat([self._scores, scores], 1),
+                                                       torch.cat([self._indices, indices.expand(nq, m)], 1),
                                                        self.topk, ordered=False)
-        self._threshold = self._scores.amin(dim=1)
-        self._pending, self._sorted = [], False
 
     def results(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores [nq, k], indices [nq, k])`` sorted by score descending, ties by lower index."""
-        if self._scores is None:
+        if self._compiled is None:
             raise ConfigError("FastResultHeapq.results() called before any add(); nothing to return.")
-        self._merge()
-        if not self._sorted:  # intermediate merges leave the order open: sort once, here
-            self._scores, self._indices = _sort_candidates(self._scores, self._indices, self.topk)
-            self._sorted = True
-        return self._scores, self._indices
+        if self._compiled:
+            scores, indices = self._compiled.results()
+            return torch.from_numpy(scores.copy()), torch.from_numpy(indices.copy())
+        return _sort_candidates(self._scores, self._indices, self.topk)
 
 
 def merge_topk(parts: Sequence[tuple[Embeddings, Embeddings]], topk: int | None = None
@@ -363,10 +226,8 @@ def _release_pages(block: np.ndarray) -> None:
 def _iter_blocks(corpus: CorpusSource, chunk_size: int) -> Iterator[tuple[int, Embeddings]]:
     """Yield ``(offset, block)`` with at most ``chunk_size`` rows from any supported corpus source."""
     if isinstance(corpus, (np.ndarray, torch.Tensor)):
-        n = corpus.shape[0]
-        size = -(-n // max(1, -(-n // chunk_size)))  # equal chunks: no small, inefficient last one
-        for start in range(0, n, max(1, size)):
-            yield start, corpus[start:start + size]
+        for start in range(0, corpus.shape[0], chunk_size):
+            yield start, corpus[start:start + chunk_size]
         return
     for item in corpus:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, np.integer))):
@@ -407,9 +268,9 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-# Score blocks are at most this many queries x documents (4 MiB of float32): small enough to stay in
-# the CPU cache between the matmul that writes them and the threshold pass that reads them.
-_BLOCK_QUERIES = 256
+# Score blocks are at most this many queries x documents (8 MiB of float32): small enough to stay in
+# the CPU's last-level cache between the matmul that writes them and the pass that reads them.
+_BLOCK_QUERIES = 512
 _BLOCK_DOCS = 4096
 
 
@@ -436,7 +297,20 @@ class _Worker:
                     if self.buffer.numel() < (e - s) * m:
                         self.buffer = self.queries.new_empty((e - s) * m)
                     out = self.buffer[: (e - s) * m].view(e - s, m)
-                    heap.add(torch.mm(self.queries[s:e], docs_t, out=out), offset=offset + start)
+                    heap.add(_matmul(self.queries[s:e], docs_t, out), offset=offset + start)
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` into ``out``; on CPU through numpy's BLAS (OpenBLAS in numpy's wheels).
+
+    Why not ``torch.mm``: on the AMD EPYC machines we measure on, OpenBLAS's single-threaded sgemm is
+    5-10% faster than torch's MKL for these shapes (MKL does not pick its AVX2 kernels on AMD), and the
+    search is ~90% matmul. Both release the GIL.
+    """
+    if a.device.type != "cpu":
+        return torch.mm(a, b, out=out)
+    np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+    return out
 
 
 def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *,
@@ -446,17 +320,16 @@ def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *
     """Exact maximum-inner-product search of every query against the whole corpus.
 
     The corpus is read once, chunk by chunk; every chunk is scored against each query batch in float32
-    matmuls (on CPU of at most 256 queries x 4096 documents: a 4 MiB block that stays in the cache
+    matmuls (on CPU of at most 512 queries x 4096 documents: an 8 MiB block that stays in the cache
     until the threshold pass has read it) and folded into that batch's :class:`FastResultHeapq`. Peak
     extra memory is one corpus chunk plus one score block per thread.
 
-    On CPU the query batches are shared among ``threads`` Python threads, each running torch with
-    one thread (matmul and selection alike; torch releases the GIL). Why not one multi-threaded
-    torch: the top-k selection between matmuls is a series of short, memory-bound ops, and each
-    multi-threaded op waits at its end for the slowest thread; on a busy machine that wait is a
-    scheduler time slice per op and doubled the search time. Independent workers never wait for
-    each other until the end of a corpus chunk. (While searching, torch's thread count is 1
-    process-wide; it is restored afterwards.)
+    On CPU the query batches are shared among ``threads`` Python threads, each running its matmuls
+    (numpy's BLAS) and its selection (:mod:`densekit.search.heap_kernel`) on one core, GIL released.
+    Why not one multi-threaded BLAS: independent workers never wait for each other until the end of
+    a corpus chunk, and two single-threaded sgemms did 170 GFLOP/s on the 2-core machine where one
+    two-threaded sgemm did 96-110. (While searching, torch and BLAS run one thread each process-wide;
+    the settings are restored afterwards.)
 
     Args:
         query_embs: ``[nq, dim]`` numpy array or tensor.
@@ -466,7 +339,7 @@ def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *
         topk: results per query; rows are padded with ``-inf`` / ``-1`` when the corpus is smaller.
         corpus_chunk_size: corpus rows read at a time (``per_device_matmul_batch_size`` in the
             evaluator); on CPU a matmul covers at most 4096 of them.
-        query_batch_size: query rows per matmul; on CPU at most 256, and fewer if needed to give
+        query_batch_size: query rows per matmul; on CPU at most 512, and fewer if needed to give
             every thread a batch.
         device: where to compute; default: the device of ``query_embs`` if a tensor, else CPU.
         threads: CPU worker threads; default ``torch.get_num_threads()``. Ignored off CPU.
@@ -483,18 +356,20 @@ def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *
         device = query_embs.device if isinstance(query_embs, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
     threads = int(threads or torch.get_num_threads()) if device.type == "cpu" else 1
-    with torch.inference_mode(), _torch_threads(1 if threads > 1 else torch.get_num_threads()):
+    with torch.inference_mode(), _torch_threads(1 if threads > 1 else torch.get_num_threads()), \
+            threadpool_limits(1 if threads > 1 else torch.get_num_threads(), user_api="blas"):
         queries = _to_tensor(query_embs, device, "query embeddings")
         nq, dim = queries.shape
         on_cpu = device.type == "cpu"  # a GPU wants large blocks: no cache-sized caps there
         size = max(1, min(int(query_batch_size), _BLOCK_QUERIES if on_cpu else nq, -(-nq // threads)))
         block_docs = _BLOCK_DOCS if on_cpu else int(corpus_chunk_size)
+        chunk = max(block_docs, int(corpus_chunk_size) // block_docs * block_docs)  # whole matmul blocks
         batches = [(s, min(s + size, nq)) for s in range(0, nq, size)]
         workers = [_Worker(queries, batches[w::threads], int(topk), block_docs)
                    for w in range(min(threads, len(batches)))]
         pool = ThreadPoolExecutor(len(workers)) if len(workers) > 1 else None
         try:
-            for offset, block in _iter_blocks(corpus_embs, int(corpus_chunk_size)):
+            for offset, block in _iter_blocks(corpus_embs, chunk):
                 docs = _to_tensor(block, device, "corpus embeddings")
                 if docs.shape[1] != dim:
                     raise InputError(f"corpus embeddings have dim {docs.shape[1]} (block at row {offset}) "
