@@ -13,7 +13,7 @@ COMMANDS = {
     "train": ("densekit.cli.train", "fine-tune a bi-encoder (InfoNCE, gradient cache, LoRA) from a BEIR folder or qrels"),
     "encode": ("densekit.cli.encode", "embed a corpus/query file (or one shard) into a resumable embedding folder"),
     "search": ("densekit.cli.search", "exact top-k over embedding folders -> run.trec (+ metrics with --qrels)"),
-    "mine": ("densekit.cli.mine", "hard negatives for judged queries -> mined_qrels.tsv (+ merged_qrels.tsv)"),
+    "mine": ("densekit.cli.mine", "hard negatives for judged queries -> mined_qrels.tsv (+ merged_qrels.tsv, Tevatron train.jsonl)"),
     "convert": ("densekit.cli.convert", "convert data: beir|tevatron|dpr|tsv|hf|ir_datasets -> beir|tevatron|trec"),
     "demo": ("densekit.cli.demo", "evaluate the bundled MiniLM on the built-in demo collection (no download)"),
 }
