@@ -241,9 +241,7 @@ def test_seed_001_training_guide_runs_as_written_on_minilm_and_scifact(scifact_d
     assert metric_callback.last_counts == {"evaluated": N_DEV_QUERIES, "without_relevant": 0}
 
     # --- the saved checkpoint reloads (densekit's reload path and the guide's from_model_args) to the same model
-    # Inputs tokenized by the guide's collator, as in training. (The guide's `tokenizer.pad_token_id =
-    # tokenizer.eos_token_id` is None for MiniLM's BERT tokenizer, and the saved tokenizer keeps pad_token
-    # None, so AutoTokenizer.from_pretrained("./my_model")(..., padding=True) would raise.)
+    # Inputs tokenized by the guide's collator, as in training.
     q_inputs, p_inputs = fixed_batch["query"], fixed_batch["passage"]
     assert (tmp_path / "my_model" / "model.safetensors").is_file()
     assert (tmp_path / "my_model" / "densekit_config.json").is_file()
@@ -264,3 +262,15 @@ def test_seed_001_training_guide_runs_as_written_on_minilm_and_scifact(scifact_d
         original = BiEncoderRetriever.from_model_args(args=model_args).eval()
         assert not torch.allclose(original.encode_passage(p_inputs), expected_p, atol=1e-5)
     assert np.isfinite(expected_p.numpy()).all()
+
+    # The guide sets `tokenizer.pad_token_id = tokenizer.eos_token_id`, None for MiniLM's BERT tokenizer;
+    # the checkpoint must still pad, so it loads in sentence-transformers with the same embeddings.
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["dense retrieval with a bi-encoder", "a much longer passage about vitamin D and bone density"]
+    st_embs = SentenceTransformer(str(tmp_path / "my_model"), device="cpu").encode(texts, convert_to_tensor=True)
+    ours = BiEncoderRetriever.from_pretrained("./my_model").eval()
+    with torch.no_grad():
+        saved_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "my_model"))
+        batch = saved_tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        assert torch.allclose(ours.encode_passage(dict(batch)), st_embs, atol=1e-5)

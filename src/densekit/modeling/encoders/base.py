@@ -13,6 +13,8 @@ reloads as what it was.
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -135,10 +137,27 @@ class PretrainedEncoder(torch.nn.Module):
         (directory / DENSEKIT_CONFIG_NAME).unlink(missing_ok=True)
         self._save_model(directory, **kwargs)
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(directory))
+            _with_pad_token(tokenizer, getattr(getattr(self, "model", None), "config", None)).save_pretrained(
+                str(directory))
         with atomic_write(directory / DENSEKIT_CONFIG_NAME) as handle:
             json.dump(self.densekit_config(), handle, indent=2, sort_keys=True)
             handle.write("\n")
+
+
+def _with_pad_token(tokenizer: Any, config: Any) -> Any:
+    """The tokenizer to save: a copy with the model's pad token put back if training code cleared it.
+
+    Why: seed 001's recipe sets ``tokenizer.pad_token_id = tokenizer.eos_token_id``, which is ``None``
+    for BERT-like tokenizers; densekit's collator copes, but a checkpoint saved that way cannot pad in
+    transformers or sentence-transformers ("Asking to pad but the tokenizer does not have a padding
+    token"). The model config's ``pad_token_id`` says which token it was.
+    """
+    pad_id = getattr(config, "pad_token_id", None)
+    if getattr(tokenizer, "pad_token", "") is not None or pad_id is None or not 0 <= pad_id < len(tokenizer):
+        return tokenizer
+    fixed = copy.deepcopy(tokenizer)
+    fixed.pad_token = fixed.convert_ids_to_tokens(pad_id)
+    return fixed
 
 
 def read_densekit_config(directory: str | Path) -> Optional[dict[str, Any]]:
