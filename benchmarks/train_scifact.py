@@ -1,13 +1,16 @@
 """Fine-tune the bundled MiniLM on SciFact train, report dev nDCG@10 / Recall@100 before and after.
 
-Stage 1: in-batch + one random corpus negative per query (InfoNCE, temperature 0.05).
-Stage 2: hard negatives mined by the stage-1 model on the train queries (annotated documents excluded),
-         training continues from stage 1 with (positive, mined negative) groups.
+Default (ANCE-style, one round): evaluate the base model, mine hard negatives for the train queries
+with the base model itself (annotated documents excluded; the corpus embeddings come from the
+evaluation's cache, so the corpus is encoded once), train on (positive, mined negative) groups with
+in-batch negatives (InfoNCE, temperature 0.05), evaluate.
+``--random_epochs N`` first trains N epochs with one random corpus negative per query and mines with
+that model instead (the longer two-stage recipe).
 Every stage goes through the ``densekit`` command line, so this is also an end-to-end check of
-train -> mine -> train -> evaluate. Settings were chosen on dev (the only split here).
+evaluate -> mine -> train -> evaluate. Settings were chosen on dev (the only split here).
 
 Usage: python benchmarks/train_scifact.py [--data ../shared/data/scifact] [--work runs/train_scifact]
-       [--epochs 2] [--hn_epochs 1] [--batch 32] [--passage_max_len 256] [--skip_stage2]
+       [--random_epochs 0] [--hn_epochs 1] [--batch 32] [--passage_max_len 256]
 """
 from __future__ import annotations
 
@@ -34,10 +37,10 @@ def densekit(*args: str) -> None:
     print(f"  ({time.perf_counter() - began:.0f}s)", flush=True)
 
 
-def evaluate(model: str, data: str, out: Path) -> dict:
+def evaluate(model: str, data: str, out: Path, cache: Path) -> dict:
     densekit("evaluate", "--model_name_or_path", model, "--dataset", data, "--split", "dev", "--output_dir", str(out),
              "--measures", "nDCG@10", "Recall@100", "--search_topk", "100", "--passage_max_len", "256",
-             "--disable_tqdm", "true")
+             "--encoding_cache_dir", str(cache), "--disable_tqdm", "true")
     return json.loads((out / "metrics.json").read_text())["aggregate"]
 
 
@@ -45,33 +48,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "scifact"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "train_scifact"))
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--random_epochs", type=int, default=0)
     parser.add_argument("--hn_epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--passage_max_len", type=int, default=256)
-    parser.add_argument("--skip_stage2", action="store_true")
     args = parser.parse_args()
     work, base = Path(args.work), str(get_model_path())
+    cache = work / "embedding_cache"
     began = time.perf_counter()
-    results = {"base": evaluate(base, args.data, work / "eval_base")}
+    results = {"base": evaluate(base, args.data, work / "eval_base", cache)}
     common = ["--per_device_train_batch_size", str(args.batch), "--learning_rate", str(args.lr),
               "--temperature", "0.05", "--group_size", "2", "--query_max_len", "64",
               "--passage_max_len", str(args.passage_max_len), "--warmup_steps", "0.1", "--logging_steps", "5",
               "--save_strategy", "no", "--disable_tqdm", "true", "--seed", "13"]
-    stage1 = work / "stage1"
-    densekit("train", "--model_name_or_path", base, "--dataset", args.data, "--split", "train",
-             "--output_dir", str(stage1), "--num_train_epochs", str(args.epochs), *common)
-    results["stage1_random_negatives"] = evaluate(str(stage1), args.data, work / "eval_stage1")
-    if not args.skip_stage2:
-        densekit("mine", "--model_name_or_path", str(stage1), "--dataset", args.data, "--split", "train",
-                 "--search_topk", "30", "--no_annot_in_mined_hn", "true", "--output_dir", str(work / "mined"),
-                 "--passage_max_len", "256", "--disable_tqdm", "true")
-        stage2 = work / "stage2"
-        densekit("train", "--model_name_or_path", str(stage1), "--dataset", args.data, "--split", "train",
-                 "--negative_qrel_path", str(work / "mined" / "mined_qrels.tsv"), "--output_dir", str(stage2),
-                 "--num_train_epochs", str(args.hn_epochs), *common)
-        results["stage2_mined_negatives"] = evaluate(str(stage2), args.data, work / "eval_stage2")
+    miner = base
+    if args.random_epochs:
+        miner = str(work / "random_negatives")
+        densekit("train", "--model_name_or_path", base, "--dataset", args.data, "--split", "train",
+                 "--output_dir", miner, "--num_train_epochs", str(args.random_epochs), *common)
+        results["random_negatives"] = evaluate(miner, args.data, work / "eval_random_negatives", cache)
+    densekit("mine", "--model_name_or_path", miner, "--dataset", args.data, "--split", "train",
+             "--search_topk", "30", "--no_annot_in_mined_hn", "true", "--output_dir", str(work / "mined"),
+             "--passage_max_len", "256", "--encoding_cache_dir", str(cache), "--disable_tqdm", "true")
+    tuned = work / "mined_negatives"
+    densekit("train", "--model_name_or_path", miner, "--dataset", args.data, "--split", "train",
+             "--negative_qrel_path", str(work / "mined" / "mined_qrels.tsv"), "--output_dir", str(tuned),
+             "--num_train_epochs", str(args.hn_epochs), *common)
+    results["mined_negatives"] = evaluate(str(tuned), args.data, work / "eval_mined_negatives", cache)
     minutes = (time.perf_counter() - began) / 60
     print("| model | dev nDCG@10 | dev Recall@100 |")
     print("| --- | --- | --- |")

@@ -9,7 +9,7 @@ from densekit.cli import train as train_cli
 from densekit.data.data_args import DataArguments
 from densekit.errors import ConfigError, InputError
 from densekit.modeling.retriever import BiEncoderRetriever
-from densekit.training.beir_train_dataset import PositivesWithNegativesDataset
+from densekit.data.datasets import BinaryDataset
 from tests.helpers import write_beir
 
 
@@ -44,16 +44,18 @@ def test_training_groups_are_a_positive_then_seeded_random_negatives_that_change
     beir = write_beir(tmp_path / "beir", split="train")
     positives, negatives = train_cli.qrel_configs_from(train_cli.TrainDataArguments(dataset=str(beir), split="train"))
     assert negatives is None
-    dataset = PositivesWithNegativesDataset(DataArguments(group_size=5, sampling_seed=3), positives)
-    first = [dataset.group(i) for i in range(len(dataset))]
-    again = [dataset.group(i) for i in range(len(dataset))]
+    dataset = BinaryDataset(DataArguments(group_size=5, sampling_seed=3), positives, negative_configs=None)
+    judged = positive_docs(beir / "qrels" / "train.tsv")
+    first = [[doc for doc, _ in dataset.select_group(i)] for i in range(len(dataset))]
+    again = [[doc for doc, _ in dataset.select_group(i)] for i in range(len(dataset))]
     dataset.set_epoch(1)
-    later = [dataset.group(i) for i in range(len(dataset))]
+    later = [[doc for doc, _ in dataset.select_group(i)] for i in range(len(dataset))]
     assert first == again and first != later
+    assert len(dataset) == len(judged)
     for index, group in enumerate(first):
         qid = dataset.query_ids[index]
-        assert group[0] in dataset.positives[qid]
-        assert not set(group[1:]) & set(dataset.positives[qid]) and len(set(group)) == 5
+        assert group[0] in judged[qid]
+        assert not set(group[1:]) & judged[qid] and len(set(group)) == 5
     item = dataset[0]
     assert item["label"] == [1.0, 0.0, 0.0, 0.0, 0.0] and len(item["passage"]) == 5
 
@@ -97,11 +99,22 @@ def test_cli_rejects_a_passage_chunk_larger_than_the_batch(tiny_model_dir, tmp_p
 def test_random_negatives_never_include_a_positive_even_when_the_corpus_is_small(tmp_path):
     beir = write_beir(tmp_path / "beir", split="train")  # 18 documents, 2 positives per query
     positives, _ = train_cli.qrel_configs_from(train_cli.TrainDataArguments(dataset=str(beir), split="train"))
-    dataset = PositivesWithNegativesDataset(DataArguments(group_size=17, sampling_seed=1), positives)
+    dataset = BinaryDataset(DataArguments(group_size=17, sampling_seed=1), positives, negative_configs=None)
+    judged = positive_docs(beir / "qrels" / "train.tsv")
     for epoch in range(3):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
-            group = dataset.group(index)
-            assert not set(group[1:]) & set(dataset.positives[dataset.query_ids[index]])
-    with pytest.raises(InputError, match="group_size"):
-        PositivesWithNegativesDataset(DataArguments(group_size=18), positives)
+            group = [doc for doc, _ in dataset.select_group(index)]
+            assert not set(group[1:]) & judged[dataset.query_ids[index]] and len(set(group)) == 17
+    with pytest.raises(ConfigError, match="group_size"):
+        BinaryDataset(DataArguments(group_size=18), positives, negative_configs=None)
+
+
+def positive_docs(qrels_path) -> dict[str, set[str]]:
+    """Query -> documents judged >= 1 in a BEIR qrels file (the test's reference, read independently)."""
+    judged: dict[str, set[str]] = {}
+    for line in qrels_path.read_text().splitlines()[1:]:
+        qid, doc, score = line.split("\t")
+        if float(score) >= 1:
+            judged.setdefault(qid, set()).add(doc)
+    return judged

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 @contextlib.contextmanager
@@ -49,3 +50,14 @@ def open_text(path: str | Path) -> IO[str]:
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8", newline="")
     return open(path, "r", encoding="utf-8", newline="")
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """Parse a JSON file; a syntax error becomes an :class:`~densekit.errors.InputError` with file, line and ``fix``."""
+    from densekit.errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise InputError(f"invalid JSON ({err.msg})", path=path, line=err.lineno, fix=fix) from err

@@ -11,50 +11,36 @@ The model is saved to ``--output_dir`` (densekit + Hugging Face + sentence-trans
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from densekit.cli.arguments import parse_dataclasses
-from densekit.cli.evaluate import beir_file
+from densekit.cli.evaluate import DatasetArguments, qrel_config_from
 from densekit.data.data_args import DataArguments
 from densekit.data.qrels import MaterializedQRelConfig
-from densekit.errors import ConfigError, InputError
 from densekit.modeling.model_args import ModelArguments
 from densekit.training.training_args import RetrievalTrainingArguments
 
 
 @dataclass
-class TrainDataArguments:
-    """Where the training data is: a BEIR folder and split, or explicit files (which win)."""
+class TrainDataArguments(DatasetArguments):
+    """Where the training data is: :class:`DatasetArguments` (train split by default) plus negatives."""
 
-    dataset: Optional[str] = field(default=None, metadata={"help": "BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv"})
     split: str = field(default="train", metadata={"help": "qrels split inside the BEIR folder"})
-    corpus_path: Optional[list[str]] = field(default=None, metadata={"help": "corpus file(s), overrides --dataset"})
-    query_path: Optional[list[str]] = field(default=None, metadata={"help": "query file(s), overrides --dataset"})
-    qrel_path: Optional[list[str]] = field(default=None, metadata={"help": "positive qrel file(s), overrides --dataset"})
     negative_qrel_path: Optional[list[str]] = field(
         default=None, metadata={"help": "qrel file(s) whose documents are hard negatives (e.g. mined ones); "
                                         "without it negatives are drawn at random from the corpus"})
     min_positive_score: float = field(default=1.0, metadata={"help": "judgments >= this are positives"})
-    store_cache_dir: Optional[str] = field(default=None, metadata={"help": "keep Arrow copies of text files here"})
 
 
 def qrel_configs_from(args: TrainDataArguments) -> tuple[MaterializedQRelConfig, Optional[MaterializedQRelConfig]]:
     """Positive and (optional) hard-negative configs from a BEIR folder and/or explicit files."""
-    folder = Path(args.dataset) if args.dataset else None
-    if folder is None and not (args.corpus_path and args.query_path and args.qrel_path):
-        raise ConfigError("give --dataset BEIR_FOLDER, or all of --corpus_path, --query_path and --qrel_path.")
-    if folder is not None and not folder.is_dir():
-        raise InputError("dataset folder not found.", path=folder, fix="check the path given to --dataset.")
-    corpus = args.corpus_path or beir_file(folder, "corpus.jsonl")
-    queries = args.query_path or beir_file(folder, "queries.jsonl")
-    positives = MaterializedQRelConfig(qrel_path=args.qrel_path or beir_file(folder, f"qrels/{args.split}.tsv"),
-                                       corpus_path=corpus, query_path=queries, min_score=args.min_positive_score)
+    positives = dataclasses.replace(qrel_config_from(args), min_score=args.min_positive_score)
     negatives = None
     if args.negative_qrel_path:
-        negatives = MaterializedQRelConfig(qrel_path=args.negative_qrel_path, corpus_path=corpus, query_path=queries,
-                                           score_transform=0)
+        negatives = MaterializedQRelConfig(qrel_path=args.negative_qrel_path, corpus_path=positives.corpus_path,
+                                           query_path=positives.query_path, score_transform=0)
     return positives, negatives
 
 
@@ -66,7 +52,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
     from densekit.data.collator import RetrievalCollator
     from densekit.data.datasets import BinaryDataset
     from densekit.modeling.retriever import BiEncoderRetriever
-    from densekit.training.beir_train_dataset import PositivesWithNegativesDataset
     from densekit.training.trainer import RetrievalTrainer
 
     train_args.check_group_size(data_args.group_size)
@@ -76,11 +61,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
                                               trust_remote_code=model_args.trust_remote_code)
     formatting = dict(format_query=model.format_query, format_passage=model.format_passage,
                       store_cache_dir=train_data_args.store_cache_dir)
-    if negatives is not None:  # judged (e.g. mined) negatives: Trove's binary dataset
-        dataset = BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
-                                **formatting)
-    else:  # positives only (a BEIR train split): random corpus negatives
-        dataset = PositivesWithNegativesDataset(data_args, positives, **formatting)
+    # judged (e.g. mined) negatives, or, without them (a BEIR train split), random corpus negatives
+    dataset = BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
+                            **formatting)
     collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token,
                                  model_max_length=model.max_length)
     trainer = RetrievalTrainer(args=train_args, model=model, tokenizer=tokenizer, data_collator=collator,

@@ -160,7 +160,9 @@ class BinaryDataset(torch.utils.data.Dataset):
         positive_configs / negative_configs: one :class:`MaterializedQRelConfig` or a list each; every
             config is filtered its own way, then the lists merge (a document judged by several configs keeps
             its highest score). Negatives may come from anything that materializes to judgments, e.g. mined
-            documents with ``score_transform=0`` and ``max_per_query=30``.
+            documents with ``score_transform=0`` and ``max_per_query=30``. ``negative_configs=None``
+            draws the negatives uniformly from the whole corpus instead (never one of the query's
+            positives): what a BEIR train split, which judges positives only, needs.
         format_query / format_passage: the model's formatting (``model.format_query``...).
         store_cache_dir: where Arrow copies of corpus/query files are kept between runs (optional).
 
@@ -186,7 +188,7 @@ class BinaryDataset(torch.utils.data.Dataset):
         self,
         data_args: DataArguments,
         positive_configs: MaterializedQRelConfig | Sequence[MaterializedQRelConfig],
-        negative_configs: MaterializedQRelConfig | Sequence[MaterializedQRelConfig],
+        negative_configs: MaterializedQRelConfig | Sequence[MaterializedQRelConfig] | None,
         format_query: Optional[FormatQuery] = None,
         format_passage: Optional[FormatPassage] = None,
         store_cache_dir: Optional[str | Path] = None,
@@ -195,7 +197,8 @@ class BinaryDataset(torch.utils.data.Dataset):
         self.format_query = format_query or _default_format_query
         self.format_passage = format_passage or _default_format_passage
         self.positive_configs = as_config_list(positive_configs)
-        self.negative_configs = as_config_list(negative_configs)
+        self.random_negatives = negative_configs is None
+        self.negative_configs = [] if self.random_negatives else as_config_list(negative_configs)
         pos_parts = [materialize(c) for c in self.positive_configs]
         neg_parts = [materialize(c) for c in self.negative_configs]
         parts = pos_parts + neg_parts
@@ -226,7 +229,9 @@ class BinaryDataset(torch.utils.data.Dataset):
             if not pos:
                 continue
             neg = sorted(d for d in negatives.get(qid, {}) if d not in pos)
-            if wanted > 0 and not neg:
+            if self.random_negatives:
+                pass  # drawn from the corpus in group_rows
+            elif wanted > 0 and not neg:
                 self.skipped["no_negative"] += 1
                 continue
             if len(neg) < wanted:
@@ -246,6 +251,11 @@ class BinaryDataset(torch.utils.data.Dataset):
         self._pos_rows = self.corpus.indices_of(pos_ids) if pos_ids else np.zeros(0, np.int64)
         self._neg_rows = self.corpus.indices_of(neg_ids) if neg_ids else np.zeros(0, np.int64)
         self._warn_counts(wanted)
+        most_positives = max(pos_counts, default=0)
+        if self.random_negatives and len(self.corpus) - most_positives < wanted:
+            raise ConfigError(f"the corpus has {len(self.corpus)} documents; a query with {most_positives} "
+                              f"positives leaves fewer than group_size - 1 = {wanted} negatives to draw. "
+                              "Fix: lower group_size.")
         if not query_ids:
             raise ConfigError(
                 f"no query has a positive and the negatives group_size={self.data_args.group_size} needs "
@@ -286,7 +296,15 @@ class BinaryDataset(torch.utils.data.Dataset):
         neg = self._neg_rows[self._neg_offsets[index]:self._neg_offsets[index + 1]]
         wanted = self.data_args.group_size - 1
         positive = pos[rng.integers(len(pos))]
-        if wanted == 0:
+        if self.random_negatives:  # uniform over the corpus, never a positive, never twice
+            excluded, drawn = set(pos.tolist()), []
+            while len(drawn) < wanted:  # terminates: __init__ checked the corpus has enough documents
+                row = int(rng.integers(len(self.corpus)))
+                if row not in excluded:
+                    drawn.append(row)
+                    excluded.add(row)
+            chosen = np.asarray(drawn, np.int64)
+        elif wanted == 0:
             chosen = neg[:0]
         elif len(neg) >= wanted:
             chosen = neg[rng.choice(len(neg), size=wanted, replace=False)]

@@ -8,12 +8,14 @@ them here lets densekit reproduce ``SentenceTransformer.encode`` with no flags.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from densekit.errors import InputError
+from densekit.files import read_json
+
+_FIX = "restore the file from the original checkpoint"
 
 # sentence-transformers pooling names (new single key and legacy boolean keys) -> densekit names.
 _ST_MODE_NAMES = {"cls": "cls", "mean": "mean", "lasttoken": "last_token"}
@@ -42,15 +44,6 @@ class SentenceTransformerDefaults:
     is_sentence_transformers: bool = False
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise InputError(f"invalid JSON ({err.msg})", path=path, line=err.lineno,
-                         fix="restore the file from the original checkpoint") from err
-
-
 def _pooling_name(config: dict) -> str:
     mode = config.get("pooling_mode")
     if mode is None:
@@ -73,23 +66,23 @@ def read_st_defaults(model_dir: str | Path | None) -> SentenceTransformerDefault
     modules_file = root / "modules.json"
     if not modules_file.is_file():
         return SentenceTransformerDefaults()
-    modules = _read_json(modules_file)
+    modules = read_json(modules_file, fix=_FIX)
     if not isinstance(modules, list):
         raise InputError("expected a JSON list of modules", path=modules_file,
-                         fix="restore modules.json from the original checkpoint")
+                         fix=_FIX)
     pooling: Optional[str] = None
     normalize = False
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
             config_file = root / module.get("path", "") / "config.json"
-            pooling = _pooling_name(_read_json(config_file)) if config_file.is_file() else "mean"
+            pooling = _pooling_name(read_json(config_file, fix=_FIX)) if config_file.is_file() else "mean"
         elif kind == "Normalize":
             normalize = True
     max_seq_length = None
     st_file = root / "sentence_bert_config.json"
     if st_file.is_file():
-        value = _read_json(st_file).get("max_seq_length")
+        value = read_json(st_file, fix=_FIX).get("max_seq_length")
         max_seq_length = int(value) if value is not None else None
     return SentenceTransformerDefaults(pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
                                        is_sentence_transformers=True)

@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Optional, Union
 
 import torch
 
-from densekit.errors import ConfigError, InputError
-from densekit.files import atomic_write
+from densekit.errors import ConfigError
+from densekit.files import atomic_write, read_json
 from densekit.modeling.model_args import ModelArguments
 
 DENSEKIT_CONFIG_NAME = "densekit_config.json"
@@ -165,9 +165,4 @@ def read_densekit_config(directory: str | Path) -> Optional[dict[str, Any]]:
     path = Path(directory) / DENSEKIT_CONFIG_NAME
     if not path.is_file():
         return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise InputError(f"invalid JSON ({err.msg})", path=path, line=err.lineno,
-                         fix="save the checkpoint again with save_pretrained()") from err
+    return read_json(path, fix="save the checkpoint again with save_pretrained()")
