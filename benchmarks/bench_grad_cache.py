@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--passage-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats after one warm-up (best is kept)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", nargs="+", choices=["memory", "step", "pairs"], default=["memory", "step", "pairs"],
+                        help="which of the three measurements to run")
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -117,32 +119,45 @@ def main() -> None:
     print("| measurement | setting | densekit | peer | ratio |")
     print("| --- | --- | --- | --- | --- |")
     large, small = args.memory_batches
-    mem_large = run_child(str(large), str(args.chunk), str(args.passage_len))
-    mem_small = run_child(str(small), str(args.chunk), str(args.passage_len))
-    print(f"| peak RSS, cached step | batch {large} vs batch {small}, chunk {args.chunk} | "
-          f"{mem_large['peak_mb']:.0f} MB | {mem_small['peak_mb']:.0f} MB (batch {small}) | "
-          f"{mem_large['peak_mb'] / mem_small['peak_mb']:.2f}x |")
+    if "memory" in args.parts:
+        mem_large = run_child(str(large), str(args.chunk), str(args.passage_len))
+        mem_small = run_child(str(small), str(args.chunk), str(args.passage_len))
+        print(f"| peak RSS, cached step | batch {large} vs batch {small}, chunk {args.chunk} | "
+              f"{mem_large['peak_mb']:.0f} MB | {mem_small['peak_mb']:.0f} MB (batch {small}) | "
+              f"{mem_large['peak_mb'] / mem_small['peak_mb']:.2f}x |")
 
     def best(fn) -> float:
         fn()  # warm-up
         return min(fn() for _ in range(args.repeats))
 
     model = load_densekit()
-    queries, passages = batch(tokenizer, args.time_batch, 2, args.passage_len)
-    cached = best(lambda: densekit_step(model, queries, passages, args.chunk, cached=True))
-    plain = best(lambda: densekit_step(model, queries, passages, None, cached=False))
-    print(f"| step time, 1 hard negative | batch {args.time_batch}, cached vs plain | {cached:.2f} s | "
-          f"{plain:.2f} s (no cache) | {cached / plain:.2f}x |")
+    if "step" in args.parts:
+        queries, passages = batch(tokenizer, args.time_batch, 2, args.passage_len)
+        cached = best(lambda: densekit_step(model, queries, passages, args.chunk, cached=True))
+        plain = best(lambda: densekit_step(model, queries, passages, None, cached=False))
+        print(f"| step time, 1 hard negative | batch {args.time_batch}, cached vs plain | {cached:.2f} s | "
+              f"{plain:.2f} s (no cache) | {cached / plain:.2f}x |")
+    if "pairs" not in args.parts:
+        return
 
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     queries, passages = batch(tokenizer, args.pair_batch, 1, args.passage_len)
-    ours = best(lambda: densekit_step(model, queries, passages, args.chunk, cached=True))
     st_model = SentenceTransformer(model_path(), device="cpu")
     st_model.train()
     st_loss = CachedMultipleNegativesRankingLoss(st_model, mini_batch_size=args.chunk)
-    theirs = best(lambda: st_cached_step(st_model, st_loss, queries, passages))
+    runs = {"ours": lambda: densekit_step(model, queries, passages, args.chunk, cached=True),
+            "theirs": lambda: st_cached_step(st_model, st_loss, queries, passages)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, fn in runs.items():
+        fn()  # warm-up
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        for name, fn in runs.items():
+            times[name].append(fn())
+    ours, theirs = min(times["ours"]), min(times["theirs"])
+    print(f"all runs (s): densekit {' '.join(f'{t:.2f}' for t in times['ours'])}; "
+          f"sentence-transformers {' '.join(f'{t:.2f}' for t in times['theirs'])}")
     pairs = args.pair_batch
     print(f"| time per pair, cached step | batch {pairs}, chunk {args.chunk} | {ours / pairs * 1000:.1f} ms | "
           f"{theirs / pairs * 1000:.1f} ms (sentence-transformers CMNRL) | {ours / theirs:.2f}x |")
