@@ -3,8 +3,8 @@
 Why compiled: faiss's flat index spends almost nothing beyond its matrix products because each score is
 compared once, in C, with the query's current k-th best; anything written with tensor ops needs several
 passes over every score block (a compare, a gather of the survivors, a merge) and cost exact search
-15-25% on top of its matmuls. :func:`push_block` is that single pass, compiled by numba, releasing the
-GIL so worker threads run in parallel.
+15-25% on top of its matmuls. :meth:`RunningTopK.push` is that single pass (compiled by numba into
+:func:`_scan` and :func:`_admit`; the GIL is released, so worker threads run in parallel).
 
 Per query it keeps a buffer of ``2k`` candidates and a threshold (the k-th best seen so far). A row is
 read in groups of :data:`GROUP` scores with a branch-free compare (vectorized); the rare group holding a
@@ -16,7 +16,7 @@ Candidates are stored as one int64 **order key** each (:func:`order_keys`): the 
 order-preserving in the high half, ``2**32 - 1 - index`` in the low half. Integer order is then exactly
 densekit's result order (score descending, ties to the lower corpus index, padding ``-1`` last), so
 admission, partition and the final sort need no tie rules of their own and the result is exact for
-blocks in any order. NaN scores are reported (``push_block`` returns ``False``) rather than ranked.
+blocks in any order. NaN scores are reported (``push`` returns ``False``) rather than ranked.
 """
 from __future__ import annotations
 

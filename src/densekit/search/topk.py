@@ -8,7 +8,7 @@ set by the chunk and block sizes, not by the corpus size.
 
 Why it is fast: like faiss's flat index, each query keeps its k-th best score so far, and after the
 first blocks almost no score reaches it; on CPU one compiled pass per block compares every score with
-it and pushes the few that pass into a per-query heap (:mod:`densekit.search.heap_kernel`), so the
+it and keeps the few that pass in a per-query buffer (:mod:`densekit.search.heap_kernel`), so the
 search costs little more than its matrix products.
 
 Ordering contract (the same everywhere in densekit, so runs are reproducible and shards merge exactly):
@@ -91,7 +91,7 @@ class FastResultHeapq:
 
     Same name and role as Trove's ``FastResultHeapq``: each call to :meth:`add` takes a whole
     ``[num_queries, chunk]`` score block. On CPU the block goes through one compiled pass that compares
-    each score with its query's current k-th best and pushes the few that beat it into a per-query heap
+    each score with its query's current k-th best and keeps the few that beat it in a per-query buffer
     (:mod:`densekit.search.heap_kernel`, the way faiss's flat index works); on other devices (or without
     numba) the running top-k and the block are merged with one ``torch.topk`` on tie-free order keys.
     Both are exact, ties going to the lower corpus index, whatever order the blocks come in.
