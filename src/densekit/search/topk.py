@@ -431,13 +431,17 @@ def add_corpus_block(heap: FastResultHeapq, queries: torch.Tensor, block: Embedd
     """Score ``queries`` against a block of corpus vectors (rows ``offset...``) into ``heap``.
 
     The block is copied to the queries' device (cache blocks are read-only memory maps) and scored
-    ``chunk_size`` rows per matmul, the push-style twin of :func:`exact_search` for callers that receive
-    corpus blocks one at a time (encoding while searching, reading shard folders).
+    ``chunk_size`` rows per matmul (the same :func:`_matmul` as :func:`exact_search`, so both give the
+    same scores), the push-style twin of :func:`exact_search` for callers that receive corpus blocks one
+    at a time (encoding while searching, reading shard folders).
     """
     if block.shape[1] != queries.shape[1]:
         raise InputError(f"corpus vectors have {block.shape[1]} dimensions, queries {queries.shape[1]}.",
                          fix="encode queries and corpus with the same model.")
     block_t = torch.tensor(np.asarray(block), device=queries.device, dtype=torch.float32)
     with torch.inference_mode():
+        queries = queries.float()
         for start in range(0, len(block_t), chunk_size):
-            heap.add(queries @ block_t[start:start + chunk_size].T, offset=offset + start)
+            docs_t = block_t[start:start + chunk_size].T
+            out = queries.new_empty((queries.shape[0], docs_t.shape[1]))
+            heap.add(_matmul(queries, docs_t, out), offset=offset + start)
