@@ -54,7 +54,8 @@ def densekit_step(model, queries, passages, chunk: int | None, cached: bool) -> 
     start = time.perf_counter()
     if cached:
         grad_cache_step(model.encode_query, queries, passages, lambda q, p: model.compute_loss(q, p),
-                        passage_encode_fn=model.encode_passage, query_chunk_size=chunk, passage_chunk_size=chunk)
+                        passage_encode_fn=model.encode_passage, query_chunk_size=chunk, passage_chunk_size=chunk,
+                        model=model)
     else:
         model(query=queries, passage=passages).loss.backward()
     return time.perf_counter() - start
@@ -64,7 +65,11 @@ def load_densekit():
     from densekit.modeling.model_args import ModelArguments
     from densekit.modeling.retriever import BiEncoderRetriever
 
-    return BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=model_path(), temperature=0.05)).train()
+    from densekit.modeling.seeded_dropout import make_seedable
+
+    model = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=model_path(), temperature=0.05))
+    assert make_seedable(model), "MiniLM's dropout should be seedable"  # what RetrievalTrainer does with grad_cache
+    return model.train()
 
 
 def child_memory(batch_size: int, chunk: int, passage_len: int) -> None:

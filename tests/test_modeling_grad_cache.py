@@ -251,3 +251,112 @@ def test_rand_state_replays_cuda_dropout():
     first = torch.nn.functional.dropout(torch.ones(100, device="cuda"), 0.5)
     with state.replay():
         assert torch.equal(torch.nn.functional.dropout(torch.ones(100, device="cuda"), 0.5), first)
+
+
+# ----------------------------------------------------------------------------- seeded dropout, workers
+def seeded_reference_step(encode, queries, passages, loss_fn, q_chunk, p_chunk, seed):
+    """Full-batch reference for seeded models: the same chunks in one graph, each in the seeded block the
+    cache gives it (seeds drawn as the cache draws them: one randint after manual_seed)."""
+    from densekit.modeling.seeded_dropout import seeded
+
+    chunks = chunks_by_hand(queries, q_chunk) + chunks_by_hand(passages, p_chunk)
+    torch.manual_seed(seed)
+    seeds = torch.randint(0, 2**62, (len(chunks),), dtype=torch.int64).tolist()
+    reps = []
+    for chunk, chunk_seed in zip(chunks, seeds):
+        with seeded(chunk_seed):
+            reps.append(encode(chunk))
+    n_q = len(chunks_by_hand(queries, q_chunk))
+    loss = loss_fn(torch.cat(reps[:n_q]), torch.cat(reps[n_q:]))
+    loss.backward()
+    return loss.detach()
+
+
+def seeded_encoder(model_dir):
+    from densekit.modeling.seeded_dropout import make_seedable
+
+    model, encode = load_encoder(model_dir)
+    assert make_seedable(model)
+    return model, encode
+
+
+@pytest.mark.parametrize("kind", ["infonce", "kl"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_seeded_cached_step_matches_full_batch_gradients(tiny_dropout_model_dir, kind, workers):
+    model, encode = seeded_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 1), random_batch(Q * G, 2)
+    loss_fn = make_loss_fn(kind)
+
+    torch.manual_seed(123)
+    cached_loss = grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK,
+                                  passage_chunk_size=P_CHUNK, model=model, workers=workers)
+    cached = grads_of(model)
+    ref_loss = seeded_reference_step(encode, queries, passages, loss_fn, Q_CHUNK, P_CHUNK, seed=123)
+    reference = grads_of(model)
+    assert torch.allclose(cached_loss, ref_loss, atol=1e-6)
+    assert_grads_close(cached, reference)
+
+    torch.manual_seed(999)  # dropout is on: other seeds, other gradients
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK,
+                    model=model, workers=workers)
+    other = grads_of(model)
+    assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
+
+
+def test_two_workers_give_one_workers_gradients_and_the_same_result_every_time(tiny_dropout_model_dir):
+    model, encode = seeded_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
+    loss_fn = make_loss_fn("infonce")
+    runs = {}
+    for name, workers in (("one", 1), ("two", 2), ("two again", 2)):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK,
+                        model=model, workers=workers)
+        runs[name] = grads_of(model)
+    assert_grads_close(runs["two"], runs["one"])  # the same sum in another order: float rounding only
+    assert all(torch.equal(runs["two"][n], runs["two again"][n]) for n in runs["two"])  # thread timing: no effect
+
+
+def test_existing_gradients_are_added_to_as_with_accumulation(tiny_dropout_model_dir):
+    model, encode = seeded_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
+    loss_fn = make_loss_fn("infonce")
+    torch.manual_seed(6)
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, model=model, workers=2)
+    once = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.manual_seed(6)
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, model=model, workers=2)
+    twice = grads_of(model)
+    assert_grads_close(twice, {n: 2 * g for n, g in once.items()})
+
+
+def test_workers_default_to_the_torch_threads_only_where_possible(tiny_dropout_model_dir, monkeypatch):
+    from densekit.modeling import grad_cache
+
+    used = []
+    real = grad_cache.map_on_workers
+    monkeypatch.setattr(grad_cache, "map_on_workers", lambda fn, items, n: used.append(n) or real(fn, items, n))
+    model, encode = seeded_encoder(tiny_dropout_model_dir)
+    queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
+    torch.set_num_threads(2)  # restored by conftest's one_torch_thread
+    grad_cache_step(encode, queries, passages, make_loss_fn("infonce"), query_chunk_size=Q_CHUNK, model=model)
+    assert used == [2, 2]  # first pass and second pass
+    plain, plain_encode = load_encoder(tiny_dropout_model_dir)  # not seedable: chunks in turn
+    grad_cache_step(plain_encode, queries, passages, make_loss_fn("infonce"), query_chunk_size=Q_CHUNK, model=plain)
+    assert used == [2, 2]
+
+
+@pytest.mark.parametrize("case", ["not seeded", "ddp", "zero"])
+def test_impossible_worker_counts_are_config_errors(tiny_dropout_model_dir, case):
+    model, encode = (seeded_encoder if case == "ddp" else load_encoder)(tiny_dropout_model_dir)
+    if case == "ddp":  # a seeded model wrapped by something with no_sync(), as DDP wraps it
+        wrapper = torch.nn.Module()
+        wrapper.module, wrapper.no_sync = model, contextlib.nullcontext
+        model = wrapper
+    queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
+    workers = 0 if case == "zero" else 2
+    match = {"not seeded": "make_seedable", "ddp": "no_sync", "zero": ">= 1"}[case]
+    with pytest.raises(ConfigError, match=match):
+        grad_cache_step(encode, queries, passages, lambda q, p: InfoNCELoss()(q.float() @ p.float().T, None),
+                        query_chunk_size=2, model=model, workers=workers)

@@ -181,9 +181,33 @@ def test_grad_cache_step_gives_the_same_gradients_as_the_plain_step(tiny_model_d
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
 
 
-@pytest.mark.parametrize("grad_cache", [False, True])
-def test_bf16_training_runs_on_cpu(tiny_model_dir, tokenizer, tmp_path, grad_cache):
-    chunks = dict(query_chunk_size=3) if grad_cache else {}
+def test_grad_cache_on_two_cpu_workers_trains_as_on_one(tiny_dropout_model_dir, tokenizer, tmp_path):
+    """Dropout on: the trainer seeds it per chunk, so two workers (one chunk per core) and one worker
+    draw the same masks and take the same step."""
+    from densekit.modeling.seeded_dropout import is_seedable
+
+    params = []
+    for workers in (1, 2):
+        args = train_args(tmp_path, grad_cache=True, query_chunk_size=2, passage_chunk_size=4,
+                          grad_cache_workers=workers, max_grad_norm=0, seed=3)
+        trainer = make_trainer(tiny_dropout_model_dir, tokenizer, args)
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        assert is_seedable(trainer.model)
+        params.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+    assert any(not torch.equal(before[n], p) for n, p in params[1].items())
+    for name, value in params[0].items():
+        assert torch.allclose(params[1][name], value, atol=1e-6), name
+
+
+def test_grad_cache_workers_without_grad_cache_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="grad_cache=True"):
+        train_args(tmp_path, grad_cache_workers=2)
+
+
+@pytest.mark.parametrize("grad_cache, workers", [(False, None), (True, 1), (True, 2)])
+def test_bf16_training_runs_on_cpu(tiny_model_dir, tokenizer, tmp_path, grad_cache, workers):
+    chunks = dict(query_chunk_size=3, grad_cache_workers=workers) if grad_cache else {}
     args = train_args(tmp_path, bf16=True, grad_cache=grad_cache, **chunks)
     trainer = make_trainer(tiny_model_dir, tokenizer, args)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

@@ -7,10 +7,9 @@ Why this and not something else (measured on the 2-core AVX2 CPU, MiniLM-L6, bat
   *slower* than HF's ``sdpa`` path: its CPU attention is bmm + masked softmax, and nested-tensor linears
   run row by row; HF ``eager`` attention was 1.7x slower; oneDNN linears (plain, or fused with GELU or
   the residual add) and MKL packed weights were no faster than the default MKL ``addmm``.
-- What does help is *how* the two cores are used. Intra-op threading splits every one of the ~15 ops per
-  layer across both threads and waits at a barrier after each; on a shared machine one descheduled thread
-  stalls the other. Running half the batch per thread with one intra-op thread each has no barriers, and
-  trimming each chunk to its own longest row also drops padding the full batch carried.
+- What does help is *how* the two cores are used: half the batch per thread with one intra-op thread each
+  (:mod:`densekit.modeling.cpu_workers` says why), and trimming each chunk to its own longest row, which
+  also drops padding the full batch carried.
 
 Every row is computed by the unmodified HF forward (same weights, same kernels), only on a smaller,
 right-trimmed batch, so results equal the normal path to float rounding (~1e-7). Nothing is converted or
@@ -20,11 +19,11 @@ trimmed (trimming would shift their positions).
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import torch
+
+from densekit.modeling.cpu_workers import map_on_workers
 
 # Architectures whose outputs for real tokens do not depend on trailing padding columns (absolute
 # positions counted from the start; RoBERTa derives them from non-pad ids). Tested in
@@ -35,25 +34,6 @@ SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
 ROWS_PER_CHUNK = 16
 
 Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared executor per worker count, kept at module level so encoders stay picklable/copyable."""
-    with _pools_lock:
-        pool = _pools.get(workers)
-        if pool is None:
-            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="densekit-infer")
-        return pool
-
-
-def _use_threads(count: int) -> None:
-    """Give the calling worker thread ``count`` intra-op threads (its own OpenMP/MKL setting)."""
-    if torch.get_num_threads() != count:  # the call also runs torch's per-thread lazy init first
-        torch.set_num_threads(count)
-
 
 def _is_right_padded(attention_mask: torch.Tensor, lengths: torch.Tensor) -> bool:
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
@@ -102,16 +82,12 @@ class ChunkedParallelForward:
         chunks = list(torch.tensor_split(order, n_chunks))
 
         def run(index: torch.Tensor) -> torch.Tensor:
-            _use_threads(per_worker)
             width = int(lengths[index].max()) if trim else input_ids.size(1)
             part = {key: value[index, :max(width, 1)] for key, value in inputs.items()}
             with torch.inference_mode():
                 return self._forward(part, reduce)
 
-        try:
-            results = list(_pool(workers).map(run, chunks))
-        finally:
-            torch.set_num_threads(threads)  # workers changed the process-wide default; restore it
+        results = map_on_workers(run, chunks, workers, threads_per_worker=per_worker)
         out = torch.empty((rows, *results[0].shape[1:]), dtype=results[0].dtype, device=results[0].device)
         out[torch.cat(chunks)] = torch.cat(results)
         return out

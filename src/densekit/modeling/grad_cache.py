@@ -5,21 +5,26 @@ A contrastive loss couples every query with every passage of the batch, so ordin
 keeps the activations of the whole batch alive. The loss, however, only sees the *representations*.
 ``grad_cache_step`` therefore splits back-propagation in two:
 
-1. encode every chunk of queries and passages **without** autograd, remembering each chunk's RNG state
-   (CPU and every CUDA device) so that dropout can be replayed exactly;
+1. encode every chunk of queries and passages **without** autograd, with dropout masks that can be
+   drawn again: either each chunk gets its own dropout seed (models prepared by
+   :func:`densekit.modeling.seeded_dropout.make_seedable`, BERT-family encoders), or torch's RNG state
+   (CPU and every CUDA device) is saved before the chunk and replayed (any model);
 2. compute the loss on the concatenated representations, held as leaf tensors, and back-propagate only
    to them: ``g = d loss / d reps`` (the cache; with a GradScaler the loss is scaled here);
-3. for each chunk: restore its RNG state, encode it again **with** autograd and call
-   ``reps.backward(g_chunk)``, which adds that chunk's share of the parameter gradient. The last
-   passage chunk is the exception: step 1 keeps its graph (it would be freed right after anyway), so
-   it is back-propagated without a second forward.
+3. for each chunk: encode it again **with** autograd and the same masks and back-propagate ``g_chunk``,
+   which adds that chunk's share of the parameter gradient. The last passage chunk (one per worker) is
+   the exception: step 1 keeps its graph (it would be freed right after anyway), so it is
+   back-propagated without a second forward.
 
-Peak memory is one chunk's activations plus the representations of the whole batch. The sum of the
-chunk gradients is the gradient of one step over the whole batch with the same dropout masks (pinned by
-``tests/test_modeling_grad_cache.py``). It is a wrapper around any loss, not a trainer flag:
-``loss_fn(q_reps, p_reps)`` is ordinary PyTorch, and may gather across devices itself (see
-``densekit.distributed``). With DDP, pass the wrapped ``model``: all chunk passes but the last run under
-``model.no_sync()``, so gradients are all-reduced once, after they are complete.
+With seeded dropout on CPU the chunks of steps 1 and 3 run concurrently, one per core with one intra-op
+thread each (``workers``); a chunk's masks depend only on its seed, so thread timing changes nothing, and
+per-worker gradient sums are added in a fixed order. Peak memory is one chunk's activations per worker
+plus the representations of the whole batch. The sum of the chunk gradients is the gradient of one step
+over the whole batch with the same dropout masks (pinned by ``tests/test_modeling_grad_cache.py``). It
+is a wrapper around any loss, not a trainer flag: ``loss_fn(q_reps, p_reps)`` is ordinary PyTorch, and
+may gather across devices itself (see ``densekit.distributed``). With DDP, pass the wrapped ``model``:
+all chunk passes but the last run under ``model.no_sync()``, so gradients are all-reduced once, after
+they are complete (DDP chunks run in turn).
 
 Example::
 
@@ -32,11 +37,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from densekit.errors import ConfigError
+from densekit.modeling import seeded_dropout
+from densekit.modeling.cpu_workers import map_on_workers
 
 EncodeFn = Callable[[dict[str, Any]], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,6 +125,56 @@ def _check_reps(reps: Any, chunk: Mapping[str, Any], what: str) -> torch.Tensor:
     return reps
 
 
+@dataclass
+class _Chunk:
+    """One sub-batch of one tower, and what its two passes need to agree."""
+
+    encode: EncodeFn
+    inputs: dict[str, Any]
+    tower: str
+    keep: bool = False                 # its first pass keeps the graph (no second forward)
+    seed: int | None = None            # seeded mode: the seed of its dropout masks
+    state: RandState | None = None     # replay mode: torch's generator state before its first forward
+    kept: torch.Tensor | None = None   # representations whose graph the first pass kept
+    grad: torch.Tensor | None = None   # d loss / d representations (the cache)
+
+    def rng(self) -> contextlib.AbstractContextManager:
+        """The dropout masks of its first pass: seeded ones, or torch's generator state replayed."""
+        if self.seed is not None:
+            return seeded_dropout.seeded(self.seed)
+        return self.state.replay() if self.state is not None else contextlib.nullcontext()
+
+    def cost(self) -> int:
+        """Relative work of its second pass: tokens x (forward + backward, or backward only if kept)."""
+        return int(self.inputs["input_ids"].numel() if "input_ids" in self.inputs else 1) * (2 if self.kept is not None else 3)
+
+
+def _worker_count(workers: int | None, seeded: bool, no_sync: Any, device_type: str, n_chunks: int) -> int:
+    """How many chunks run at once: ``None`` means every torch thread, where that is possible."""
+    possible = seeded and no_sync is None and device_type == "cpu"
+    if workers is None:
+        return min(torch.get_num_threads(), n_chunks) if possible else 1
+    if workers < 1:
+        raise ConfigError(f"grad cache workers must be >= 1, got {workers}")
+    if workers > 1 and not possible:
+        why = ("the model's dropout is not seeded: pass model= and call "
+               "densekit.modeling.seeded_dropout.make_seedable(model) first (BERT-family models)") if not seeded \
+            else "DDP/FSDP models (no_sync) run their chunks in turn" if no_sync is not None \
+            else f"chunks run concurrently on CPU only, not on {device_type}"
+        raise ConfigError(f"grad cache workers={workers} is not possible here: {why}; use workers=1.")
+    return min(workers, n_chunks)
+
+
+def _balanced(costs: list[int], workers: int) -> list[list[int]]:
+    """Chunk indices per worker: longest job to the least loaded worker (deterministic), each list in order."""
+    loads, assigned = [0] * workers, [[] for _ in range(workers)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        worker = loads.index(min(loads))
+        loads[worker] += costs[index]
+        assigned[worker].append(index)
+    return [sorted(indices) for indices in assigned if indices]
+
+
 def grad_cache_step(
     encode_fn: EncodeFn,
     queries: Mapping[str, Any],
@@ -129,6 +187,7 @@ def grad_cache_step(
     model: torch.nn.Module | None = None,
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
+    workers: int | None = None,
 ) -> torch.Tensor:
     """Accumulate the full-batch gradient of ``loss_fn(encode(queries), encode(passages))`` chunk by chunk.
 
@@ -138,67 +197,107 @@ def grad_cache_step(
         queries, passages: dicts of tensors (``input_ids``, ``attention_mask``, ...) split by rows.
         loss_fn: ``(q_reps [Q, d], p_reps [P, d]) -> scalar`` on the whole batch, plain PyTorch.
         query_chunk_size, passage_chunk_size: rows per sub-batch (``None``: no chunking).
-        model: the module being trained; if it offers ``no_sync()`` (DDP, FSDP) every chunk pass but
-            the last runs inside it, so gradients are all-reduced once.
+        model: the module being trained, holding every parameter ``encode_fn`` uses; if it offers
+            ``no_sync()`` (DDP, FSDP) every chunk pass but the last runs inside it, so gradients are
+            all-reduced once. When its dropout is seeded (:func:`~densekit.modeling.seeded_dropout.make_seedable`)
+            each chunk gets its own dropout seed instead of a saved generator state.
         scaler: a GradScaler for fp16; the loss is scaled before step 2, so parameter gradients come
             out scaled and ``scaler.step(optimizer)`` unscales them. Disabled scalers are ignored.
         autocast_dtype: run the encoder passes under ``torch.autocast`` with this dtype (bf16 on CPU,
             fp16/bf16 on CUDA). The loss itself is computed on float32 copies of the representations.
+        workers: chunks encoded at once, each on its own CPU thread with one intra-op thread
+            (:mod:`densekit.modeling.cpu_workers`). Needs a seeded model on CPU without DDP; ``None``
+            uses every torch thread when that holds and 1 otherwise. Each worker keeps one chunk's
+            activations alive, and gradients are summed per worker and then in worker order, so the
+            result does not depend on thread timing.
 
     Returns:
         The (unscaled) loss, detached. Parameter ``.grad`` fields hold the accumulated gradient.
     """
     encode_passages = passage_encode_fn or encode_fn
-    query_chunks = split_rows(queries, query_chunk_size)
-    passage_chunks = split_rows(passages, passage_chunk_size)
-    use_scaler = scaler is not None and scaler.is_enabled()
+    chunks = [_Chunk(encode_fn, chunk, "query") for chunk in split_rows(queries, query_chunk_size)]
+    n_query_chunks = len(chunks)
+    chunks += [_Chunk(encode_passages, chunk, "passage") for chunk in split_rows(passages, passage_chunk_size)]
+    no_sync = getattr(model, "no_sync", None)  # DDP decides at forward time whether a backward syncs
+    seeded = model is not None and seeded_dropout.is_seedable(model)
+    workers = _worker_count(workers, seeded, no_sync, _first_device_type(queries), len(chunks))
+    if seeded:  # one draw from torch's generator per step keeps training reproducible under manual_seed
+        seeds = torch.randint(0, 2**62, (len(chunks),), dtype=torch.int64).tolist()
+        for chunk, seed in zip(chunks, seeds):
+            chunk.seed = seed
+    # the last passage chunk of each worker keeps its graph from the first pass (its activations would be
+    # the live ones anyway), which saves its second forward
+    for chunk in chunks[-min(workers, len(chunks) - n_query_chunks):]:
+        chunk.keep = True
 
     def autocast() -> contextlib.AbstractContextManager:
         if autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(_first_device_type(queries), dtype=autocast_dtype)
 
-    # 1. representations without autograd, remembering the RNG state before each chunk; the very last
-    #    chunk keeps its graph instead (it is the one chunk whose activations would be alive next to
-    #    nothing else), which saves its second forward: a quarter of one tower's replays at 4 chunks
-    jobs: list[tuple[EncodeFn, dict[str, Any], RandState]] = []
-    q_reps, p_reps = [], []
-    no_sync = getattr(model, "no_sync", None)  # DDP decides at forward time whether a backward syncs
-    with autocast():
-        towers = ((encode_fn, query_chunks, q_reps, "query"), (encode_passages, passage_chunks, p_reps, "passage"))
-        for fn, chunks, out, what in towers:
-            for chunk in chunks:
-                if what == "passage" and chunk is chunks[-1]:
-                    with contextlib.nullcontext() if no_sync is None else no_sync():
-                        kept = _check_reps(fn(chunk), chunk, what)
-                    out.append(kept.detach())
-                    continue
-                state = RandState()
-                with torch.no_grad():
-                    out.append(_check_reps(fn(chunk), chunk, what))
-                jobs.append((fn, chunk, state))
+    def sync(enabled: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if (enabled or no_sync is None) else no_sync()
+
+    # 1. representations without autograd (the kept chunks with it), with their dropout masks
+    def first_pass(chunk: _Chunk) -> torch.Tensor:
+        if not seeded and not chunk.keep:
+            chunk.state = RandState()
+        with autocast(), (chunk.rng() if seeded else contextlib.nullcontext()):
+            if chunk.keep:
+                with sync(False):
+                    chunk.kept = _check_reps(chunk.encode(chunk.inputs), chunk.inputs, chunk.tower)
+                return chunk.kept.detach()
+            with torch.no_grad():
+                return _check_reps(chunk.encode(chunk.inputs), chunk.inputs, chunk.tower)
+
+    reps = map_on_workers(first_pass, chunks, workers) if workers > 1 else [first_pass(c) for c in chunks]
 
     # 2. loss on the whole batch; back-propagate to the representations only
-    q_leaf = torch.cat(q_reps).float().requires_grad_()
-    p_leaf = torch.cat(p_reps).float().requires_grad_()
+    q_leaf = torch.cat(reps[:n_query_chunks]).float().requires_grad_()
+    p_leaf = torch.cat(reps[n_query_chunks:]).float().requires_grad_()
     loss = loss_fn(q_leaf, p_leaf)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
         raise ConfigError("loss_fn must return a scalar tensor computed from the representations it is given")
-    (scaler.scale(loss) if use_scaler else loss).backward()
+    (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
     grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in (q_leaf, p_leaf)]
-    cached = list(grads[0].split([r.shape[0] for r in q_reps])) + list(
-        grads[1].split([r.shape[0] for r in p_reps]))
+    cached = grads[0].split([len(r) for r in reps[:n_query_chunks]]) + \
+        grads[1].split([len(r) for r in reps[n_query_chunks:]])
+    for chunk, grad in zip(chunks, cached):
+        chunk.grad = grad
+    del reps
 
-    # 3. the kept chunk first (its graph is freed before any replay), then replay each other chunk with
-    #    autograd and push its cached gradient into the parameters; with DDP only the last one syncs
-    with contextlib.nullcontext() if no_sync is None else no_sync():
-        kept.backward(gradient=cached.pop().to(kept.dtype))
-    del kept
-    for index, ((fn, chunk, state), grad) in enumerate(zip(jobs, cached)):
-        last = index == len(jobs) - 1
-        sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
-        with sync, state.replay():
-            with autocast():
-                reps = fn(chunk)
-            reps.backward(gradient=grad.to(reps.dtype))
+    # 3. push each chunk's cached gradient into the parameters: kept chunks straight away, the others
+    #    after a second forward with the same dropout masks
+    def second_pass(chunk: _Chunk) -> torch.Tensor:
+        if chunk.kept is not None:
+            out, chunk.kept = chunk.kept, None
+            return out
+        with chunk.rng(), autocast():
+            return chunk.encode(chunk.inputs)
+
+    if workers == 1:
+        ordered = [chunk for chunk in chunks if chunk.keep] + [chunk for chunk in chunks if not chunk.keep]
+        for index, chunk in enumerate(ordered):
+            with sync(index == len(ordered) - 1):
+                out = second_pass(chunk)
+                out.backward(gradient=chunk.grad.to(out.dtype))
+            del out
+        return loss.detach()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def worker_gradients(indices: list[int]) -> list[torch.Tensor | None]:
+        total: list[torch.Tensor | None] = [None] * len(params)
+        for index in indices:
+            out = second_pass(chunks[index])
+            grads = torch.autograd.grad(out, params, grad_outputs=chunks[index].grad.to(out.dtype),
+                                        allow_unused=True)
+            del out
+            total = [g if t is None else (t if g is None else t.add_(g)) for t, g in zip(total, grads)]
+        return total
+
+    for per_worker in map_on_workers(worker_gradients, _balanced([c.cost() for c in chunks], workers), workers):
+        for param, grad in zip(params, per_worker):
+            if grad is not None:
+                param.grad = grad if param.grad is None else param.grad.add_(grad)
     return loss.detach()

@@ -9,7 +9,8 @@ tokenizer=..., data_collator=..., train_dataset=...).train()``). What it changes
 * **gradient cache** (``args.grad_cache``): ``training_step`` runs
   :func:`densekit.modeling.grad_cache.grad_cache_step` with the retriever's own encode and loss
   functions, so the batch can be far larger than memory; gradient accumulation, bf16/fp16 autocast and
-  fp16 loss scaling behave as in a normal step.
+  fp16 loss scaling behave as in a normal step. BERT-family encoders get seeded dropout
+  (:mod:`densekit.modeling.seeded_dropout`), so on CPU their chunks run on all cores at once.
 * **eval**: ``prediction_step`` returns ``(loss, scores [B, G], label [B, G])``: each query scored
   against its own group, what :class:`~densekit.training.ir_metrics.IRMetrics` ranks.
 * **saving**: checkpoints are written by ``BiEncoderRetriever.save_pretrained`` (safetensors, the
@@ -33,6 +34,7 @@ from densekit import distributed
 from densekit.errors import ConfigError, InputError
 from densekit.modeling.grad_cache import grad_cache_step
 from densekit.modeling.retriever import BiEncoderRetriever
+from densekit.modeling.seeded_dropout import make_seedable
 from densekit.training.training_args import RetrievalTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class RetrievalTrainer(Trainer):
         if "query" not in inputs or "passage" not in inputs:
             raise ConfigError("grad_cache training needs batches with 'query' and 'passage' (RetrievalCollator).")
         retriever = self.accelerator.unwrap_model(model)
+        make_seedable(retriever)  # per-chunk dropout seeds where the architecture allows; idempotent
         label = inputs.get("label")
         accumulation = getattr(self, "current_gradient_accumulation_steps", None) or \
             self.args.gradient_accumulation_steps
@@ -127,6 +130,7 @@ class RetrievalTrainer(Trainer):
             passage_encode_fn=encode_passage,
             query_chunk_size=self.args.query_chunk_size, passage_chunk_size=self.args.passage_chunk_size,
             model=model, scaler=getattr(self.accelerator, "scaler", None), autocast_dtype=autocast_dtype,
+            workers=self.args.grad_cache_workers,
         )
         return loss.to(self.args.device)
 

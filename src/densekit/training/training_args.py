@@ -50,6 +50,12 @@ class RetrievalTrainingArguments(TrainingArguments):
     passage_chunk_size: Optional[int] = field(
         default=None, metadata={"help": "Passages per chunk with --grad_cache (default: the whole batch)."}
     )
+    grad_cache_workers: Optional[int] = field(
+        default=None,
+        metadata={"help": "Chunks encoded at once with --grad_cache, one CPU core each (BERT-family models on "
+                          "CPU without DDP; needs seeded dropout, set up automatically). Default: every torch "
+                          "thread where possible, else 1. Each worker holds one chunk's activations."},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: retrieval batches are dicts the model reads whole."}
     )
@@ -64,7 +70,7 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.remove_unused_columns:
             raise ConfigError("remove_unused_columns=True would strip the query/passage/label columns the "
                               "retriever reads; leave it False.")
-        for name in ("query_chunk_size", "passage_chunk_size"):
+        for name in ("query_chunk_size", "passage_chunk_size", "grad_cache_workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name} must be a positive number of rows, got {value!r}.")
@@ -74,9 +80,9 @@ class RetrievalTrainingArguments(TrainingArguments):
                 f"{self.per_device_train_batch_size}; a chunk is a slice of the batch. Lower query_chunk_size "
                 f"to at most {self.per_device_train_batch_size} or raise the batch size."
             )
-        if (self.query_chunk_size or self.passage_chunk_size) and not self.grad_cache:
-            raise ConfigError("query_chunk_size/passage_chunk_size only apply with grad_cache=True; "
-                              "set grad_cache=True or drop the chunk sizes.")
+        if (self.query_chunk_size or self.passage_chunk_size or self.grad_cache_workers) and not self.grad_cache:
+            raise ConfigError("query_chunk_size/passage_chunk_size/grad_cache_workers only apply with "
+                              "grad_cache=True; set grad_cache=True or drop them.")
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
             if self.fp16:
