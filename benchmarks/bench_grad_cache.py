@@ -72,11 +72,11 @@ def load_densekit():
     return model.train()
 
 
-def child_memory(batch_size: int, chunk: int, passage_len: int) -> None:
+def child_memory(batch_size: int, chunk: int, passage_len: int, threads: int) -> None:
     """Subprocess: one cached step, then print this process's peak RSS (MB)."""
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model = load_densekit()
     queries, passages = batch(AutoTokenizer.from_pretrained(model_path()), batch_size, 1, passage_len)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -106,10 +106,11 @@ def main() -> None:
     parser.add_argument("--pair-batch", type=int, default=128)
     parser.add_argument("--passage-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats after one warm-up (best is kept)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads per side (densekit runs that many chunks at once, one thread each)")
     parser.add_argument("--parts", nargs="+", choices=["memory", "step", "pairs"], default=["memory", "step", "pairs"],
                         help="which of the three measurements to run")
-    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_memory(*args.child)
@@ -125,8 +126,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     large, small = args.memory_batches
     if "memory" in args.parts:
-        mem_large = run_child(str(large), str(args.chunk), str(args.passage_len))
-        mem_small = run_child(str(small), str(args.chunk), str(args.passage_len))
+        mem_large = run_child(str(large), str(args.chunk), str(args.passage_len), str(args.threads))
+        mem_small = run_child(str(small), str(args.chunk), str(args.passage_len), str(args.threads))
         print(f"| peak RSS, cached step | batch {large} vs batch {small}, chunk {args.chunk} | "
               f"{mem_large['peak_mb']:.0f} MB | {mem_small['peak_mb']:.0f} MB (batch {small}) | "
               f"{mem_large['peak_mb'] / mem_small['peak_mb']:.2f}x |")

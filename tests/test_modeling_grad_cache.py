@@ -254,20 +254,20 @@ def test_rand_state_replays_cuda_dropout():
 
 
 # ----------------------------------------------------------------------------- seeded dropout, workers
-def seeded_reference_step(encode, queries, passages, loss_fn, q_chunk, p_chunk, seed):
-    """Full-batch reference for seeded models: the same chunks in one graph, each in the seeded block the
-    cache gives it (seeds drawn as the cache draws them: one randint after manual_seed)."""
+def seeded_full_batch_step(encode, queries, passages, loss_fn, seed):
+    """The reference for seeded models: ONE unchunked forward of each tower and one backward, every row in
+    the seeded block with the seed the cache gives it (drawn as the cache draws them: one randint of a
+    seed per row, queries first, after manual_seed). Row-seeded masks make this the same dropout."""
     from densekit.modeling.seeded_dropout import seeded
 
-    chunks = chunks_by_hand(queries, q_chunk) + chunks_by_hand(passages, p_chunk)
+    n_queries = len(queries["input_ids"])
     torch.manual_seed(seed)
-    seeds = torch.randint(0, 2**62, (len(chunks),), dtype=torch.int64).tolist()
-    reps = []
-    for chunk, chunk_seed in zip(chunks, seeds):
-        with seeded(chunk_seed):
-            reps.append(encode(chunk))
-    n_q = len(chunks_by_hand(queries, q_chunk))
-    loss = loss_fn(torch.cat(reps[:n_q]), torch.cat(reps[n_q:]))
+    seeds = torch.randint(0, 2**62, (n_queries + len(passages["input_ids"]),))
+    with seeded(seeds[:n_queries]):
+        q = encode(queries)
+    with seeded(seeds[n_queries:]):
+        p = encode(passages)
+    loss = loss_fn(q, p)
     loss.backward()
     return loss.detach()
 
@@ -282,7 +282,7 @@ def seeded_encoder(model_dir):
 
 @pytest.mark.parametrize("kind", ["infonce", "kl"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_seeded_cached_step_matches_full_batch_gradients(tiny_dropout_model_dir, kind, workers):
+def test_seeded_cached_step_matches_one_unchunked_full_batch_step(tiny_dropout_model_dir, kind, workers):
     model, encode = seeded_encoder(tiny_dropout_model_dir)
     queries, passages = random_batch(Q, 1), random_batch(Q * G, 2)
     loss_fn = make_loss_fn(kind)
@@ -291,10 +291,11 @@ def test_seeded_cached_step_matches_full_batch_gradients(tiny_dropout_model_dir,
     cached_loss = grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK,
                                   passage_chunk_size=P_CHUNK, model=model, workers=workers)
     cached = grads_of(model)
-    ref_loss = seeded_reference_step(encode, queries, passages, loss_fn, Q_CHUNK, P_CHUNK, seed=123)
+    ref_loss = seeded_full_batch_step(encode, queries, passages, loss_fn, seed=123)
     reference = grads_of(model)
     assert torch.allclose(cached_loss, ref_loss, atol=1e-6)
-    assert_grads_close(cached, reference)
+    # one batched forward rounds differently from chunked ones: float32 relative error, not exactness
+    assert_grads_close(cached, reference, atol=1e-5, rtol=1e-5)
 
     torch.manual_seed(999)  # dropout is on: other seeds, other gradients
     grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK,
@@ -341,10 +342,11 @@ def test_workers_default_to_the_torch_threads_only_where_possible(tiny_dropout_m
     queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
     torch.set_num_threads(2)  # restored by conftest's one_torch_thread
     grad_cache_step(encode, queries, passages, make_loss_fn("infonce"), query_chunk_size=Q_CHUNK, model=model)
-    assert used == [2, 2]  # first pass and second pass
+    assert set(used) == {2}  # first pass, then each of the 4 chunks' parts
+    used.clear()
     plain, plain_encode = load_encoder(tiny_dropout_model_dir)  # not seedable: chunks in turn
     grad_cache_step(plain_encode, queries, passages, make_loss_fn("infonce"), query_chunk_size=Q_CHUNK, model=plain)
-    assert used == [2, 2]
+    assert set(used) == {1}
 
 
 @pytest.mark.parametrize("case", ["not seeded", "ddp", "zero"])

@@ -1,5 +1,5 @@
-"""Seeded dropout: masks are a function of (seed, call, element), right in rate and scale, the same on any
-thread, and a prepared model is unchanged outside ``seeded`` blocks."""
+"""Seeded dropout: a row's masks are a function of (row seed, call, element), right in rate and scale, the
+same in any batch and on any thread, and a prepared model is unchanged outside ``seeded`` blocks."""
 from __future__ import annotations
 
 import copy
@@ -17,10 +17,10 @@ N = 200_000
 
 
 def keep_mask(seed: int, p: float = 0.1, n: int = N, calls: int = 1, dtype=torch.float32) -> torch.Tensor:
-    with seeded(seed):
+    with seeded([seed]):
         for _ in range(calls):
-            out = seeded_dropout(torch.ones(n, dtype=dtype), p)
-    return out != 0
+            out = seeded_dropout(torch.ones(1, n, dtype=dtype), p)
+    return out[0] != 0
 
 
 def test_same_seed_same_mask_other_seed_or_call_other_mask():
@@ -32,8 +32,8 @@ def test_same_seed_same_mask_other_seed_or_call_other_mask():
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_keep_rate_and_scale_match_dropout(p):
-    with seeded(7):
-        out = seeded_dropout(torch.ones(N), p)
+    with seeded([7]):
+        out = seeded_dropout(torch.ones(1, N), p)
     kept = out != 0
     sigma = math.sqrt(N * p * (1 - p))
     assert abs(int(kept.sum()) - N * (1 - p)) < 6 * sigma
@@ -48,18 +48,18 @@ def test_masks_of_two_seeds_and_neighbouring_elements_look_independent():
 
 
 def test_p_zero_is_identity_and_p_one_drops_everything():
-    x = torch.randn(100)
-    with seeded(3):
+    x = torch.randn(1, 100)
+    with seeded([3]):
         assert torch.equal(seeded_dropout(x, 0.0), x)
         assert torch.equal(seeded_dropout(x, 1.0), torch.zeros_like(x))
         assert torch.equal(seeded_dropout(x, 0.5, training=False), x)
 
 
 def test_backward_applies_the_forward_mask_and_scale():
-    x = torch.randn(1000, requires_grad=True)
-    with seeded(5):
+    x = torch.randn(2, 500, requires_grad=True)
+    with seeded([5, 6]):
         out = seeded_dropout(x, 0.3)
-    upstream = torch.randn(1000)
+    upstream = torch.randn(2, 500)
     out.backward(upstream)
     kept = out.detach() != 0
     assert torch.allclose(x.grad, upstream * kept / 0.7)
@@ -69,6 +69,23 @@ def test_backward_applies_the_forward_mask_and_scale():
 def test_other_dtypes_draw_the_same_mask_as_float32():
     assert torch.equal(keep_mask(9, dtype=torch.float64), keep_mask(9))
     assert torch.equal(keep_mask(9, dtype=torch.bfloat16), keep_mask(9))
+
+
+def test_a_rows_mask_does_not_depend_on_the_other_rows_of_its_batch():
+    seeds = [31, 32, 33, 34]
+    with seeded(seeds):
+        whole = seeded_dropout(torch.ones(4, 3, 50), 0.5)
+    with seeded(seeds[2:]):
+        tail = seeded_dropout(torch.ones(2, 3, 50), 0.5)
+    with seeded([seeds[1]]):
+        one = seeded_dropout(torch.ones(1, 3, 50), 0.5)
+    assert torch.equal(whole[2:], tail) and torch.equal(whole[1:2], one)
+    assert not torch.equal(whole[0], whole[1])
+
+
+def test_a_tensor_without_one_row_per_seed_is_refused():
+    with seeded([1, 2]), pytest.raises(ValueError, match="dim 0 must be the batch"):
+        seeded_dropout(torch.ones(3, 4), 0.1)
 
 
 def test_a_mask_does_not_depend_on_the_thread():
@@ -113,14 +130,18 @@ def test_prepared_bert_is_unchanged_outside_blocks_and_seeded_inside(tiny_dropou
                           atol=1e-6)
 
     prepared.train()
-    with seeded(8):
+    with seeded([8, 9, 10, 11]):
         first = prepared(**inputs).last_hidden_state
     torch.rand(10)  # the global stream moving on changes nothing inside a block
-    with seeded(8):
+    with seeded([8, 9, 10, 11]):
         again = prepared(**inputs).last_hidden_state
-    with seeded(9):
+    with seeded([8, 9, 10, 12]):
         other = prepared(**inputs).last_hidden_state
-    assert torch.equal(first, again) and not torch.allclose(first, other)
+    with seeded([10, 11]):  # rows 2 and 3 alone, with their seeds: the same masks as in the batch
+        alone = prepared(**{k: v[2:] for k, v in inputs.items()}).last_hidden_state
+    assert torch.equal(first, again)
+    assert torch.allclose(first[:3], other[:3]) and not torch.allclose(first[3], other[3])
+    assert torch.allclose(alone, first[2:], atol=1e-6)
 
 
 def test_attention_dropout_alone_is_seeded_too(tmp_path):
@@ -131,11 +152,11 @@ def test_attention_dropout_alone_is_seeded_too(tmp_path):
     model = BertModel(config).train()
     assert make_seedable(model)
     inputs = batch()
-    with seeded(1):
+    with seeded([1, 2, 3, 4]):
         first = model(**inputs).last_hidden_state
-    with seeded(1):
+    with seeded([1, 2, 3, 4]):
         assert torch.equal(first, model(**inputs).last_hidden_state)
-    with seeded(2):
+    with seeded([5, 6, 7, 8]):
         assert not torch.allclose(first, model(**inputs).last_hidden_state)
 
 
@@ -145,3 +166,10 @@ def test_models_densekit_cannot_vouch_for_are_not_seedable(tiny_dropout_model_di
     eager = AutoModel.from_pretrained(tiny_dropout_model_dir, attn_implementation="eager")
     assert not make_seedable(eager)  # eager attention kept for output_attentions: not routed
     assert not make_seedable(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))  # no HF model
+
+
+def test_gradient_checkpointing_makes_a_model_unseedable(tiny_dropout_model_dir):
+    model = AutoModel.from_pretrained(tiny_dropout_model_dir)
+    assert make_seedable(model)
+    model.gradient_checkpointing_enable()
+    assert not is_seedable(model)  # the cache then replays torch's generator, which checkpointing honours

@@ -37,8 +37,11 @@ def map_on_workers(fn: Callable[[Item], Result], items: Iterable[Item], workers:
     intra-op threads each; results in input order. The caller's torch thread count is restored after.
 
     ``fn`` runs on a worker thread: thread-local torch state (grad mode, autocast, inference mode) is the
-    worker's, not the caller's, so ``fn`` must enter what it needs itself.
+    worker's, not the caller's, so ``fn`` must enter what it needs itself. With ``workers=1`` it runs on the
+    calling thread, with the caller's thread count.
     """
+    if workers == 1:
+        return [fn(item) for item in items]
     def run(item: Item) -> Result:
         if torch.get_num_threads() != threads_per_worker:  # also runs torch's per-thread lazy init first
             torch.set_num_threads(threads_per_worker)

@@ -127,52 +127,50 @@ def _check_reps(reps: Any, chunk: Mapping[str, Any], what: str) -> torch.Tensor:
 
 @dataclass
 class _Chunk:
-    """One sub-batch of one tower, and what its two passes need to agree."""
+    """One sub-batch of one tower (the memory unit), split into one part per worker."""
 
     encode: EncodeFn
-    inputs: dict[str, Any]
     tower: str
+    parts: list["_Part"]
     keep: bool = False                 # its first pass keeps the graph (no second forward)
-    seed: int | None = None            # seeded mode: the seed of its dropout masks
-    state: RandState | None = None     # replay mode: torch's generator state before its first forward
+    state: RandState | None = None     # generator mode: torch's RNG state before its first forward
+
+
+@dataclass
+class _Part:
+    """Rows of a chunk that one worker encodes, in both passes."""
+
+    chunk: _Chunk
+    inputs: dict[str, Any]
+    seeds: torch.Tensor | None = None  # seeded mode: one dropout seed per row
     kept: torch.Tensor | None = None   # representations whose graph the first pass kept
     grad: torch.Tensor | None = None   # d loss / d representations (the cache)
 
-    def rng(self) -> contextlib.AbstractContextManager:
-        """The dropout masks of its first pass: seeded ones, or torch's generator state replayed."""
-        if self.seed is not None:
-            return seeded_dropout.seeded(self.seed)
-        return self.state.replay() if self.state is not None else contextlib.nullcontext()
-
-    def cost(self) -> int:
-        """Relative work of its second pass: tokens x (forward + backward, or backward only if kept)."""
-        return int(self.inputs["input_ids"].numel() if "input_ids" in self.inputs else 1) * (2 if self.kept is not None else 3)
+    def replay(self) -> contextlib.AbstractContextManager:
+        """The dropout masks of its first pass: its rows' seeds, or its chunk's generator state."""
+        if self.seeds is not None:
+            return seeded_dropout.seeded(self.seeds)
+        return self.chunk.state.replay() if self.chunk.state is not None else contextlib.nullcontext()
 
 
-def _worker_count(workers: int | None, seeded: bool, no_sync: Any, device_type: str, n_chunks: int) -> int:
-    """How many chunks run at once: ``None`` means every torch thread, where that is possible."""
+def _rows(inputs: Mapping[str, Any]) -> int:
+    return len(next(iter(inputs.values())))
+
+
+def _worker_count(workers: int | None, seeded: bool, no_sync: Any, device_type: str) -> int:
+    """How many parts of a chunk run at once: ``None`` means every torch thread, where that is possible."""
     possible = seeded and no_sync is None and device_type == "cpu"
     if workers is None:
-        return min(torch.get_num_threads(), n_chunks) if possible else 1
-    if workers < 1:
-        raise ConfigError(f"grad cache workers must be >= 1, got {workers}")
+        return torch.get_num_threads() if possible else 1
+    if isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"grad cache workers must be >= 1, got {workers!r}")
     if workers > 1 and not possible:
         why = ("the model's dropout is not seeded: pass model= and call "
                "densekit.modeling.seeded_dropout.make_seedable(model) first (BERT-family models)") if not seeded \
             else "DDP/FSDP models (no_sync) run their chunks in turn" if no_sync is not None \
             else f"chunks run concurrently on CPU only, not on {device_type}"
         raise ConfigError(f"grad cache workers={workers} is not possible here: {why}; use workers=1.")
-    return min(workers, n_chunks)
-
-
-def _balanced(costs: list[int], workers: int) -> list[list[int]]:
-    """Chunk indices per worker: longest job to the least loaded worker (deterministic), each list in order."""
-    loads, assigned = [0] * workers, [[] for _ in range(workers)]
-    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        worker = loads.index(min(loads))
-        loads[worker] += costs[index]
-        assigned[worker].append(index)
-    return [sorted(indices) for indices in assigned if indices]
+    return workers
 
 
 def grad_cache_step(
@@ -196,39 +194,42 @@ def grad_cache_step(
             passages unless ``passage_encode_fn`` is given). Under DDP it must call the wrapped model.
         queries, passages: dicts of tensors (``input_ids``, ``attention_mask``, ...) split by rows.
         loss_fn: ``(q_reps [Q, d], p_reps [P, d]) -> scalar`` on the whole batch, plain PyTorch.
-        query_chunk_size, passage_chunk_size: rows per sub-batch (``None``: no chunking).
+        query_chunk_size, passage_chunk_size: rows per sub-batch (``None``: no chunking); one chunk's
+            activations are what the step keeps in memory at a time.
         model: the module being trained, holding every parameter ``encode_fn`` uses; if it offers
             ``no_sync()`` (DDP, FSDP) every chunk pass but the last runs inside it, so gradients are
             all-reduced once. When its dropout is seeded (:func:`~densekit.modeling.seeded_dropout.make_seedable`)
-            each chunk gets its own dropout seed instead of a saved generator state.
+            every row gets its own dropout seed instead of each chunk a saved generator state.
         scaler: a GradScaler for fp16; the loss is scaled before step 2, so parameter gradients come
             out scaled and ``scaler.step(optimizer)`` unscales them. Disabled scalers are ignored.
         autocast_dtype: run the encoder passes under ``torch.autocast`` with this dtype (bf16 on CPU,
             fp16/bf16 on CUDA). The loss itself is computed on float32 copies of the representations.
-        workers: chunks encoded at once, each on its own CPU thread with one intra-op thread
-            (:mod:`densekit.modeling.cpu_workers`). Needs a seeded model on CPU without DDP; ``None``
-            uses every torch thread when that holds and 1 otherwise. Each worker keeps one chunk's
-            activations alive, and gradients are summed per worker and then in worker order, so the
-            result does not depend on thread timing.
+        workers: each chunk is split into this many parts, encoded at once, each on its own CPU thread
+            with one intra-op thread (:mod:`densekit.modeling.cpu_workers`); memory stays one chunk.
+            Needs a seeded model on CPU without DDP; ``None`` uses every torch thread when that holds
+            and 1 otherwise. Part ``i`` of every chunk adds into gradient sum ``i``, and the sums are
+            added in order, so the result does not depend on thread timing.
 
     Returns:
         The (unscaled) loss, detached. Parameter ``.grad`` fields hold the accumulated gradient.
     """
-    encode_passages = passage_encode_fn or encode_fn
-    chunks = [_Chunk(encode_fn, chunk, "query") for chunk in split_rows(queries, query_chunk_size)]
-    n_query_chunks = len(chunks)
-    chunks += [_Chunk(encode_passages, chunk, "passage") for chunk in split_rows(passages, passage_chunk_size)]
     no_sync = getattr(model, "no_sync", None)  # DDP decides at forward time whether a backward syncs
     seeded = model is not None and seeded_dropout.is_seedable(model)
-    workers = _worker_count(workers, seeded, no_sync, _first_device_type(queries), len(chunks))
+    workers = _worker_count(workers, seeded, no_sync, _first_device_type(queries))
+    towers = ((encode_fn, "query", split_rows(queries, query_chunk_size)),
+              (passage_encode_fn or encode_fn, "passage", split_rows(passages, passage_chunk_size)))
+    chunks: list[_Chunk] = []
+    for encode, tower, tower_chunks in towers:
+        for inputs in tower_chunks:
+            chunk = _Chunk(encode, tower, [])
+            chunk.parts = [_Part(chunk, part) for part in split_rows(inputs, -(-_rows(inputs) // workers))]
+            chunks.append(chunk)
+    chunks[-1].keep = True  # its activations would be the live ones anyway: no second forward for it
+    parts = [part for chunk in chunks for part in chunk.parts]
     if seeded:  # one draw from torch's generator per step keeps training reproducible under manual_seed
-        seeds = torch.randint(0, 2**62, (len(chunks),), dtype=torch.int64).tolist()
-        for chunk, seed in zip(chunks, seeds):
-            chunk.seed = seed
-    # the last passage chunk of each worker keeps its graph from the first pass (its activations would be
-    # the live ones anyway), which saves its second forward
-    for chunk in chunks[-min(workers, len(chunks) - n_query_chunks):]:
-        chunk.keep = True
+        row_counts = [_rows(part.inputs) for part in parts]
+        for part, seeds in zip(parts, torch.randint(0, 2**62, (sum(row_counts),)).split(row_counts)):
+            part.seeds = seeds
 
     def autocast() -> contextlib.AbstractContextManager:
         if autocast_dtype is None:
@@ -238,66 +239,71 @@ def grad_cache_step(
     def sync(enabled: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if (enabled or no_sync is None) else no_sync()
 
-    # 1. representations without autograd (the kept chunks with it), with their dropout masks
-    def first_pass(chunk: _Chunk) -> torch.Tensor:
+    # 1. representations without autograd (the kept chunk with it), recording how to redraw the masks
+    def first_pass(part: _Part) -> torch.Tensor:
+        chunk = part.chunk
         if not seeded and not chunk.keep:
             chunk.state = RandState()
-        with autocast(), (chunk.rng() if seeded else contextlib.nullcontext()):
+        with autocast(), (part.replay() if seeded else contextlib.nullcontext()):
             if chunk.keep:
                 with sync(False):
-                    chunk.kept = _check_reps(chunk.encode(chunk.inputs), chunk.inputs, chunk.tower)
-                return chunk.kept.detach()
+                    part.kept = _check_reps(chunk.encode(part.inputs), part.inputs, chunk.tower)
+                return part.kept.detach()
             with torch.no_grad():
-                return _check_reps(chunk.encode(chunk.inputs), chunk.inputs, chunk.tower)
+                return _check_reps(chunk.encode(part.inputs), part.inputs, chunk.tower)
 
-    reps = map_on_workers(first_pass, chunks, workers) if workers > 1 else [first_pass(c) for c in chunks]
+    reps = map_on_workers(first_pass, parts, workers)
 
     # 2. loss on the whole batch; back-propagate to the representations only
-    q_leaf = torch.cat(reps[:n_query_chunks]).float().requires_grad_()
-    p_leaf = torch.cat(reps[n_query_chunks:]).float().requires_grad_()
-    loss = loss_fn(q_leaf, p_leaf)
+    n_query_parts = sum(len(chunk.parts) for chunk in chunks if chunk.tower == "query")
+    leaves = [torch.cat(reps[:n_query_parts]).float().requires_grad_(),
+              torch.cat(reps[n_query_parts:]).float().requires_grad_()]
+    loss = loss_fn(*leaves)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
         raise ConfigError("loss_fn must return a scalar tensor computed from the representations it is given")
     (scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss).backward()
-    grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in (q_leaf, p_leaf)]
-    cached = grads[0].split([len(r) for r in reps[:n_query_chunks]]) + \
-        grads[1].split([len(r) for r in reps[n_query_chunks:]])
-    for chunk, grad in zip(chunks, cached):
-        chunk.grad = grad
+    grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+    cached = grads[0].split([len(r) for r in reps[:n_query_parts]]) + \
+        grads[1].split([len(r) for r in reps[n_query_parts:]])
+    for part, grad in zip(parts, cached):
+        part.grad = grad
     del reps
 
-    # 3. push each chunk's cached gradient into the parameters: kept chunks straight away, the others
-    #    after a second forward with the same dropout masks
-    def second_pass(chunk: _Chunk) -> torch.Tensor:
-        if chunk.kept is not None:
-            out, chunk.kept = chunk.kept, None
+    # 3. push every part's cached gradient into the parameters: the kept chunk first (freeing its graph),
+    #    then each other chunk after a second forward with the same dropout masks
+    def second_pass(part: _Part) -> torch.Tensor:
+        if part.kept is not None:
+            out, part.kept = part.kept, None
             return out
-        with chunk.rng(), autocast():
-            return chunk.encode(chunk.inputs)
+        with part.replay(), autocast():
+            return part.chunk.encode(part.inputs)
 
+    ordered = [chunk for chunk in chunks if chunk.keep] + [chunk for chunk in chunks if not chunk.keep]
     if workers == 1:
-        ordered = [chunk for chunk in chunks if chunk.keep] + [chunk for chunk in chunks if not chunk.keep]
         for index, chunk in enumerate(ordered):
+            (part,) = chunk.parts
             with sync(index == len(ordered) - 1):
-                out = second_pass(chunk)
-                out.backward(gradient=chunk.grad.to(out.dtype))
+                out = second_pass(part)
+                out.backward(gradient=part.grad.to(out.dtype))
             del out
         return loss.detach()
 
     params = [p for p in model.parameters() if p.requires_grad]
+    sums: list[list[torch.Tensor | None]] = [[None] * len(params) for _ in range(workers)]
 
-    def worker_gradients(indices: list[int]) -> list[torch.Tensor | None]:
-        total: list[torch.Tensor | None] = [None] * len(params)
-        for index in indices:
-            out = second_pass(chunks[index])
-            grads = torch.autograd.grad(out, params, grad_outputs=chunks[index].grad.to(out.dtype),
-                                        allow_unused=True)
-            del out
-            total = [g if t is None else (t if g is None else t.add_(g)) for t, g in zip(total, grads)]
-        return total
+    def add_part_gradient(position: int, chunk_parts: list[_Part]) -> None:
+        part, total = chunk_parts[position], sums[position]
+        out = second_pass(part)
+        part_grads = torch.autograd.grad(out, params, grad_outputs=part.grad.to(out.dtype), allow_unused=True)
+        for i, grad in enumerate(part_grads):
+            if grad is not None:
+                total[i] = grad if total[i] is None else total[i].add_(grad)
 
-    for per_worker in map_on_workers(worker_gradients, _balanced([c.cost() for c in chunks], workers), workers):
-        for param, grad in zip(params, per_worker):
+    for chunk in ordered:
+        map_on_workers(lambda position, chunk_parts=chunk.parts: add_part_gradient(position, chunk_parts),
+                       range(len(chunk.parts)), workers)
+    for total in sums:
+        for param, grad in zip(params, total):
             if grad is not None:
                 param.grad = grad if param.grad is None else param.grad.add_(grad)
     return loss.detach()

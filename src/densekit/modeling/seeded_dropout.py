@@ -1,42 +1,46 @@
-"""Seeded dropout: masks that are a pure function of (chunk seed, call number, element index).
+"""Seeded dropout: each row's masks are a pure function of (its seed, call number, element index).
 
-Why: the gradient cache runs each chunk's forward twice and needs the same dropout masks the second
+Why: the gradient cache runs every example's forward twice and needs the same dropout masks the second
 time. With torch's global generator that means saving and restoring the generator state around each
-chunk (:class:`densekit.modeling.grad_cache.RandState`), which ties the chunks to one thread and one
-order. Here a mask comes from a counter-based hash keyed by the chunk's seed instead, so a chunk draws
-the same masks on any thread and in any order, and two chunks can run at once on two cores. It is
-also cheaper: one fused pass, ~12x faster than torch's dropout on a 6.3M-element attention map (5.9 vs
-71 ms, one thread), and the backward recomputes the mask instead of storing it.
+chunk (:class:`densekit.modeling.grad_cache.RandState`), which ties a chunk to one thread, one order
+and one shape. Here every row of the batch (dim 0: one query or passage) gets its own seed, and a mask
+element comes from a counter-based hash of (row seed, call number, position within the row). So a row
+draws the same masks whichever chunk or thread it runs in, alongside whichever other rows: a chunk can
+be split across cores for its second pass, and a cached step can be compared with one unchunked
+forward. It is also cheaper: one fused pass, ~12x faster than torch's dropout on a 6.3M-element
+attention map (5.9 vs 71 ms, one thread), and the backward recomputes the mask instead of storing it.
 
-Outside a ``with seeded(seed):`` block a :class:`SeededDropout` is plain ``nn.Dropout`` (torch's
+Outside a ``with seeded(row_seeds):`` block a :class:`SeededDropout` is plain ``nn.Dropout`` (torch's
 generator), so a model prepared by :func:`make_seedable` trains, evaluates and saves exactly as before.
+Inside one, every dropped tensor must have the batch in dim 0 (true of every dropout site in the
+architectures :func:`make_seedable` accepts) and the same shape per row in both passes (rows are never
+re-padded between them).
 
-The hash is Wellons' ``lowbias32`` applied twice around a 32-bit key: element ``i`` of call ``c`` in a
-block seeded ``s`` is kept when ``hash(i, key(s, c)) >= round(p * 2**32)``, i.e. with probability
-``1 - p`` to within 2**-32, and kept values are scaled by ``1 / (1 - p)`` as ``nn.Dropout`` does.
+The hash is Wellons' ``lowbias32`` applied twice around a 64-bit per-row, per-call key (splitmix64):
+element ``i`` is kept when ``hash >= round(p * 2**32)``, i.e. with probability ``1 - p`` to within
+2**-32, and kept values are scaled by ``1 / (1 - p)`` as ``nn.Dropout`` does.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numba
 import numpy as np
 import torch
 
-# Architectures whose attention dropout goes through transformers' attention interface (module.dropout.p
-# passed as ``dropout=``), so that routing the interface to ``_seeded_attention`` seeds it too.
+# Architectures whose dropout sites all have the batch in dim 0 and whose attention dropout goes through
+# transformers' attention interface (``dropout=`` argument), so routing it to ``_seeded_attention`` seeds it.
 SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
 ATTENTION_NAME = "densekit_seeded_sdpa"
 
-_MASK32 = 0xFFFFFFFF
-_state = threading.local()  # .seed and .calls of the innermost ``seeded`` block on this thread
+_state = threading.local()  # .active = [row seeds (uint64 array), calls so far] of this thread's block
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _lowbias32(x: np.uint32) -> np.uint32:  # pragma: no cover - compiled
+def _lowbias32(x):  # pragma: no cover - compiled
     # every step cast back to uint32: numba widens integer arithmetic to 64 bits otherwise
     x = np.uint32(x ^ (x >> np.uint32(16)))
     x = np.uint32(x * np.uint32(0x7FEB352D))
@@ -45,68 +49,88 @@ def _lowbias32(x: np.uint32) -> np.uint32:  # pragma: no cover - compiled
     return np.uint32(x ^ (x >> np.uint32(16)))
 
 
-@numba.njit(nogil=True, cache=True)
-def _apply_mask(values, out, key0, key1, threshold, scale):  # pragma: no cover - compiled
-    """``out[i] = values[i] * scale`` where element i is kept, else 0 (forward and backward alike)."""
-    for i in range(values.size):
-        h = _lowbias32(np.uint32(_lowbias32(np.uint32(np.uint32(i) ^ key0)) + key1))
-        out[i] = values[i] * scale if h >= threshold else np.float32(0.0)
+@numba.njit(nogil=True, cache=True, inline="always")
+def _splitmix64(x):  # pragma: no cover - compiled
+    x = np.uint64(x + np.uint64(0x9E3779B97F4A7C15))
+    x = np.uint64((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9))
+    x = np.uint64((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB))
+    return np.uint64(x ^ (x >> np.uint64(31)))
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _row_key(seed, call):  # pragma: no cover - compiled
+    key = _splitmix64(np.uint64(seed ^ _splitmix64(np.uint64(call))))
+    return np.uint32(key & np.uint64(0xFFFFFFFF)), np.uint32(key >> np.uint64(32))
 
 
 @numba.njit(nogil=True, cache=True)
-def _keep_mask(n, key0, key1, threshold):  # pragma: no cover - compiled
-    keep = np.empty(n, dtype=np.bool_)
-    for i in range(n):
-        keep[i] = _lowbias32(np.uint32(_lowbias32(np.uint32(np.uint32(i) ^ key0)) + key1)) >= threshold
+def _apply_mask(values, out, seeds, call, threshold, scale):  # pragma: no cover - compiled
+    """``out[r, i] = values[r, i] * scale`` where element i of row r is kept, else 0 (forward and backward)."""
+    for row in range(values.shape[0]):
+        key0, key1 = _row_key(seeds[row], call)
+        for i in range(values.shape[1]):
+            h = _lowbias32(np.uint32(_lowbias32(np.uint32(np.uint32(i) ^ key0)) + key1))
+            out[row, i] = values[row, i] * scale if h >= threshold else np.float32(0.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep_mask(rows, cols, seeds, call, threshold):  # pragma: no cover - compiled
+    keep = np.empty((rows, cols), dtype=np.bool_)
+    for row in range(rows):
+        key0, key1 = _row_key(seeds[row], call)
+        for i in range(cols):
+            keep[row, i] = _lowbias32(np.uint32(_lowbias32(np.uint32(np.uint32(i) ^ key0)) + key1)) >= threshold
     return keep
 
 
-def _splitmix64(value: int) -> int:
-    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return value ^ (value >> 31)
-
-
-def _masked(values: torch.Tensor, key: int, p: float) -> torch.Tensor:
-    """``values`` with the mask of ``key`` applied and survivors scaled by 1/(1-p)."""
+def _masked(values: torch.Tensor, seeds: np.ndarray, call: int, p: float) -> torch.Tensor:
+    """``values`` with each row's mask for ``call`` applied and survivors scaled by 1/(1-p)."""
     if p >= 1.0:
         return torch.zeros_like(values)
-    if values.numel() > _MASK32:
-        raise ValueError(f"seeded dropout handles at most 2**32 elements per tensor, got {values.numel()}")
-    key0, key1 = np.uint32(key & _MASK32), np.uint32(key >> 32)
-    threshold = np.uint32(min(round(p * 2**32), _MASK32))
+    rows = values.shape[0] if values.dim() else 0
+    if rows != len(seeds):
+        raise ValueError(f"seeded dropout got a tensor of shape {tuple(values.shape)} inside a block seeded for "
+                         f"{len(seeds)} rows; dim 0 must be the batch (one seed per row)")
+    cols = values.numel() // max(rows, 1)
+    if cols >= 2**32:
+        raise ValueError(f"seeded dropout handles rows of fewer than 2**32 elements, got {cols}")
+    threshold = np.uint32(min(round(p * 2**32), 2**32 - 1))
     scale = 1.0 / (1.0 - p)
     if values.dtype == torch.float32 and values.device.type == "cpu":
         flat = values.contiguous()
         out = torch.empty_like(flat)
-        _apply_mask(flat.view(-1).numpy(), out.view(-1).numpy(), key0, key1, threshold, np.float32(scale))
+        _apply_mask(flat.view(rows, cols).numpy(), out.view(rows, cols).numpy(), seeds, np.uint64(call),
+                    threshold, np.float32(scale))
         return out
-    keep = torch.from_numpy(_keep_mask(values.numel(), key0, key1, threshold)).to(values.device)
+    keep = torch.from_numpy(_keep_mask(rows, cols, seeds, np.uint64(call), threshold)).to(values.device)
     return values * keep.view(values.shape) * scale
 
 
 class _SeededDropoutFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, p: float, key: int) -> torch.Tensor:
-        ctx.p, ctx.key = p, key
-        return _masked(values, key, p)
+    def forward(ctx: Any, values: torch.Tensor, p: float, seeds: np.ndarray, call: int) -> torch.Tensor:
+        ctx.p, ctx.seeds, ctx.call = p, seeds, call
+        return _masked(values, seeds, call, p)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return _masked(grad, ctx.key, ctx.p), None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return _masked(grad, ctx.seeds, ctx.call, ctx.p), None, None, None
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Within the block, on this thread, seeded dropout draws its masks from ``seed``.
+def seeded(row_seeds: Sequence[int] | torch.Tensor | np.ndarray) -> Iterator[None]:
+    """Within the block, on this thread, seeded dropout draws row ``r``'s masks from ``row_seeds[r]``.
 
-    Masks depend only on the seed, on how many seeded-dropout calls came before in the block, and on
-    the element's position: running the same forward in a new block with the same seed gives the same
-    masks, on any thread. Blocks nest (the inner one wins) and are per thread.
+    A row's masks depend only on its seed, on how many seeded-dropout calls came before in the block, and
+    on the element's position within the row: running the same forward again in a block with the same
+    seeds, or running any subset of the rows with their seeds, gives those rows the same masks, on any
+    thread. Blocks nest (the inner one wins) and are per thread.
     """
+    seeds = np.asarray(row_seeds.cpu() if isinstance(row_seeds, torch.Tensor) else row_seeds).astype(np.uint64)
+    if seeds.ndim != 1:
+        raise ValueError(f"row_seeds must be one seed per row, got shape {seeds.shape}")
     outer = getattr(_state, "active", None)
-    _state.active = [int(seed) & 0xFFFFFFFFFFFFFFFF, 0]
+    _state.active = [seeds, 0]
     try:
         yield
     finally:
@@ -114,13 +138,13 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def seeded_dropout(values: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Dropout with the current ``seeded`` block's masks; torch's own dropout outside any block."""
+    """Dropout with the current ``seeded`` block's row masks; torch's own dropout outside any block."""
     active = getattr(_state, "active", None)
     if active is None or not training or p == 0.0:
         return torch.nn.functional.dropout(values, p, training)
-    seed, calls = active
+    seeds, calls = active
     active[1] = calls + 1
-    return _SeededDropoutFunction.apply(values, float(p), _splitmix64(seed ^ _splitmix64(calls)))
+    return _SeededDropoutFunction.apply(values, float(p), seeds, calls)
 
 
 class SeededDropout(torch.nn.Dropout):
@@ -167,12 +191,15 @@ def is_seedable(model: torch.nn.Module) -> bool:
     Conservative, because a dropout that escaped would make the gradient cache's second pass differ from
     its first without any error: the model must contain a Hugging Face model of a supported
     architecture, no model of another architecture (their attention may call functional dropout), no
-    plain ``nn.Dropout`` with p > 0, and attention dropout routed through the seeded attention.
+    plain ``nn.Dropout`` with p > 0, attention dropout routed through the seeded attention, and no
+    gradient checkpointing (torch's checkpoint replays the global generator, not a ``seeded`` block).
     """
     supported = False
     for module in model.modules():
         if type(module) is torch.nn.Dropout and module.p > 0:
             return False
+        if getattr(module, "gradient_checkpointing", False) is True:
+            return False  # its recomputation in backward runs outside the block and would draw other masks
         config = getattr(module, "config", None)
         if config is None or not hasattr(config, "model_type"):
             continue
