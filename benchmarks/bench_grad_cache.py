@@ -2,8 +2,9 @@
 
 Three measurements (passages padded to ``--passage-len`` tokens, queries to 32):
 
-1. peak RSS of one gradient-cached training step at a large batch vs at a batch equal to the chunk
-   (each in its own subprocess, so peaks do not mix): the cache should keep memory ~flat in batch size;
+1. peak RSS of gradient-cached training steps (3: training's steady state, allocator included) at a
+   large batch vs at a batch equal to the chunk (each in its own subprocess, so peaks do not mix): the
+   cache should keep memory ~flat in batch size;
 2. step time, gradient cache vs plain backward, at the same batch with one hard negative per query;
 3. time per (query, passage) pair of a cached step, densekit vs sentence-transformers'
    ``CachedMultipleNegativesRankingLoss`` at the same batch and mini-batch (chunk) size.
@@ -72,15 +73,16 @@ def load_densekit():
     return model.train()
 
 
-def child_memory(batch_size: int, chunk: int, passage_len: int, threads: int) -> None:
-    """Subprocess: one cached step, then print this process's peak RSS (MB)."""
+def child_memory(batch_size: int, chunk: int, passage_len: int, threads: int, steps: int) -> None:
+    """Subprocess: ``steps`` cached steps (training's steady state, allocator included), then print this
+    process's peak RSS (MB)."""
     from transformers import AutoTokenizer
 
     torch.set_num_threads(threads)
     model = load_densekit()
     queries, passages = batch(AutoTokenizer.from_pretrained(model_path()), batch_size, 1, passage_len)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    seconds = densekit_step(model, queries, passages, chunk, cached=True)
+    seconds = min(densekit_step(model, queries, passages, chunk, cached=True) for _ in range(steps))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mb": peak, "before_step_mb": base, "seconds": seconds}))
 
@@ -110,7 +112,8 @@ def main() -> None:
                         help="torch threads per side (densekit runs that many chunks at once, one thread each)")
     parser.add_argument("--parts", nargs="+", choices=["memory", "step", "pairs"], default=["memory", "step", "pairs"],
                         help="which of the three measurements to run")
-    parser.add_argument("--child", nargs=4, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=3, help="cached steps per memory measurement")
+    parser.add_argument("--child", nargs=5, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_memory(*args.child)
@@ -126,8 +129,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     large, small = args.memory_batches
     if "memory" in args.parts:
-        mem_large = run_child(str(large), str(args.chunk), str(args.passage_len), str(args.threads))
-        mem_small = run_child(str(small), str(args.chunk), str(args.passage_len), str(args.threads))
+        sizes = (str(args.chunk), str(args.passage_len), str(args.threads), str(args.memory_steps))
+        mem_large = run_child(str(large), *sizes)
+        mem_small = run_child(str(small), *sizes)
         print(f"| peak RSS, cached step | batch {large} vs batch {small}, chunk {args.chunk} | "
               f"{mem_large['peak_mb']:.0f} MB | {mem_small['peak_mb']:.0f} MB (batch {small}) | "
               f"{mem_large['peak_mb'] / mem_small['peak_mb']:.2f}x |")

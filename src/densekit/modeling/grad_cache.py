@@ -6,25 +6,26 @@ keeps the activations of the whole batch alive. The loss, however, only sees the
 ``grad_cache_step`` therefore splits back-propagation in two:
 
 1. encode every chunk of queries and passages **without** autograd, with dropout masks that can be
-   drawn again: either each chunk gets its own dropout seed (models prepared by
+   drawn again: either every row gets its own dropout seed (models prepared by
    :func:`densekit.modeling.seeded_dropout.make_seedable`, BERT-family encoders), or torch's RNG state
-   (CPU and every CUDA device) is saved before the chunk and replayed (any model);
+   (CPU and every CUDA device) is saved before each chunk and replayed (any model);
 2. compute the loss on the concatenated representations, held as leaf tensors, and back-propagate only
    to them: ``g = d loss / d reps`` (the cache; with a GradScaler the loss is scaled here);
 3. for each chunk: encode it again **with** autograd and the same masks and back-propagate ``g_chunk``,
-   which adds that chunk's share of the parameter gradient. The last passage chunk (one per worker) is
-   the exception: step 1 keeps its graph (it would be freed right after anyway), so it is
-   back-propagated without a second forward.
+   which adds that chunk's share of the parameter gradient. The last passage chunk is the exception:
+   step 1 keeps its graph (it would be freed right after anyway), so it is back-propagated without a
+   second forward.
 
-With seeded dropout on CPU the chunks of steps 1 and 3 run concurrently, one per core with one intra-op
-thread each (``workers``); a chunk's masks depend only on its seed, so thread timing changes nothing, and
-per-worker gradient sums are added in a fixed order. Peak memory is one chunk's activations per worker
-plus the representations of the whole batch. The sum of the chunk gradients is the gradient of one step
-over the whole batch with the same dropout masks (pinned by ``tests/test_modeling_grad_cache.py``). It
-is a wrapper around any loss, not a trainer flag: ``loss_fn(q_reps, p_reps)`` is ordinary PyTorch, and
-may gather across devices itself (see ``densekit.distributed``). With DDP, pass the wrapped ``model``:
-all chunk passes but the last run under ``model.no_sync()``, so gradients are all-reduced once, after
-they are complete (DDP chunks run in turn).
+With seeded dropout on CPU (``workers``) each chunk is split into one part per core and the parts run at
+once, one intra-op thread each; a row's masks depend only on its seed, so neither the split nor thread
+timing changes them, and part ``i`` of every chunk adds into its own gradient sum, summed in order at
+the end. Peak memory is one chunk's activations plus the representations of the whole batch, whatever
+the number of workers. The result is the gradient of one step over the whole batch with the same
+dropout masks; with seeded dropout, literally of one unchunked forward (pinned by
+``tests/test_modeling_grad_cache.py``). It is a wrapper around any loss, not a trainer flag:
+``loss_fn(q_reps, p_reps)`` is ordinary PyTorch, and may gather across devices itself (see
+``densekit.distributed``). With DDP, pass the wrapped ``model``: all chunk passes but the last run under
+``model.no_sync()``, so gradients are all-reduced once, after they are complete (DDP chunks run in turn).
 
 Example::
 
