@@ -87,6 +87,14 @@ def assert_grads_close(got, expected, atol=1e-5, rtol=1e-6):
     assert sum(float(g.abs().sum()) for g in expected.values()) > 0
 
 
+def assert_other_seed_gives_other_gradients(trained, encode, queries, passages, loss_fn, reference, **kw):
+    """Dropout really is on: another seed gives other gradients, so a match with the reference is not vacuous."""
+    torch.manual_seed(999)
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK, **kw)
+    other = grads_of(trained)
+    assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
+
+
 @pytest.mark.parametrize("kind", ["infonce", "kl"])
 def test_cached_step_matches_full_batch_gradients_with_dropout(tiny_dropout_model_dir, kind):
     model, encode = load_encoder(tiny_dropout_model_dir)
@@ -104,11 +112,7 @@ def test_cached_step_matches_full_batch_gradients_with_dropout(tiny_dropout_mode
     assert torch.allclose(cached_loss, ref_loss, atol=1e-6) and not cached_loss.requires_grad
     assert_grads_close(cached, reference)
 
-    # dropout really is on: another seed gives other gradients, so the match above is not vacuous
-    torch.manual_seed(999)
-    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK)
-    other = grads_of(model)
-    assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
+    assert_other_seed_gives_other_gradients(model, encode, queries, passages, loss_fn, reference)
 
 
 def test_cached_step_matches_single_unchunked_forward_without_dropout(tiny_model_dir):
@@ -297,11 +301,8 @@ def test_seeded_cached_step_matches_one_unchunked_full_batch_step(tiny_dropout_m
     # one batched forward rounds differently from chunked ones: float32 relative error, not exactness
     assert_grads_close(cached, reference, atol=1e-5, rtol=1e-5)
 
-    torch.manual_seed(999)  # dropout is on: other seeds, other gradients
-    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=Q_CHUNK, passage_chunk_size=P_CHUNK,
-                    model=model, workers=workers)
-    other = grads_of(model)
-    assert any(not torch.allclose(other[n], reference[n], atol=1e-5) for n in reference)
+    assert_other_seed_gives_other_gradients(model, encode, queries, passages, loss_fn, reference,
+                                            model=model, workers=workers)
 
 
 def test_two_workers_give_one_workers_gradients_and_the_same_result_every_time(tiny_dropout_model_dir):
@@ -362,3 +363,24 @@ def test_impossible_worker_counts_are_config_errors(tiny_dropout_model_dir, case
     with pytest.raises(ConfigError, match=match):
         grad_cache_step(encode, queries, passages, lambda q, p: InfoNCELoss()(q.float() @ p.float().T, None),
                         query_chunk_size=2, model=model, workers=workers)
+
+
+def test_seeded_cached_step_with_lora_dropout_matches_one_full_batch_step(tiny_dropout_model_dir):
+    from densekit.modeling.model_args import ModelArguments
+    from densekit.modeling.retriever import BiEncoderRetriever
+    from densekit.modeling.seeded_dropout import make_seedable
+
+    model = BiEncoderRetriever.from_model_args(ModelArguments(
+        model_name_or_path=str(tiny_dropout_model_dir), use_peft=True, lora_r=4, lora_dropout=0.2,
+        lora_target_modules=["query", "key", "value"], pooling="mean", normalize=False)).train()
+    assert make_seedable(model)  # LoRA's own dropout modules are seeded too
+    queries, passages = random_batch(Q, 5), random_batch(Q * G, 6)
+    loss_fn = make_loss_fn("infonce")
+    torch.manual_seed(11)
+    grad_cache_step(model.encode_query, queries, passages, loss_fn, query_chunk_size=Q_CHUNK,
+                    passage_chunk_size=P_CHUNK, passage_encode_fn=model.encode_passage, model=model, workers=2)
+    cached = grads_of(model)
+    assert all("lora" in name for name in cached)  # only the adapters train
+    seeded_full_batch_step(lambda batch: model.encode_query(batch) if batch is queries else model.encode_passage(batch),
+                           queries, passages, loss_fn, seed=11)
+    assert_grads_close(cached, grads_of(model), atol=1e-5, rtol=1e-5)
