@@ -173,3 +173,14 @@ def test_gradient_checkpointing_makes_a_model_unseedable(tiny_dropout_model_dir)
     assert make_seedable(model)
     model.gradient_checkpointing_enable()
     assert not is_seedable(model)  # the cache then replays torch's generator, which checkpointing honours
+
+
+def test_a_stream_block_takes_any_shape_and_its_seed_decides_the_mask():
+    from densekit.modeling.seeded_dropout import seeded_stream
+
+    def draw(seed):
+        with seeded_stream(seed):
+            return seeded_dropout(torch.ones(3, 5, 7), 0.5), seeded_dropout(torch.ones(11), 0.5)
+    first, again, other = draw(1), draw(1), draw(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0]) and not torch.equal(first[0].flatten()[:11], first[1])

@@ -341,3 +341,24 @@ def test_defaults_suit_retrieval_batches(tmp_path):
     args = RetrievalTrainingArguments(output_dir=str(tmp_path))
     assert args.remove_unused_columns is False and args.report_to in ([], "none", ["none"])
     assert args.trove_logging_mode == "local_main_process" and args.logs_here()
+
+
+def test_plain_training_forwards_use_seeded_dropout_and_eval_does_not(tiny_dropout_model_dir, tokenizer, tmp_path,
+                                                                      monkeypatch):
+    import densekit.training.trainer as trainer_module
+
+    seeds = []
+    real = trainer_module.seeded_stream
+    monkeypatch.setattr(trainer_module, "seeded_stream", lambda seed: seeds.append(seed) or real(seed))
+    grads = []
+    for run in range(2):
+        args = train_args(tmp_path, max_steps=2, max_grad_norm=0, seed=7)
+        trainer = make_trainer(tiny_dropout_model_dir, tokenizer, args)
+        capture = CaptureGrads()
+        trainer.add_callback(capture)
+        trainer.train()
+        grads.append(capture.grads)
+    assert len(seeds) == 4 and seeds[:2] == seeds[2:] and seeds[0] != seeds[1]  # reproducible, fresh per step
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    trainer.evaluate(examples())  # eval forwards: no seeded block
+    assert len(seeds) == 4

@@ -83,11 +83,12 @@ def _keep_mask(rows, cols, seeds, call, threshold):  # pragma: no cover - compil
     return keep
 
 
-def _masked(values: torch.Tensor, seeds: np.ndarray, call: int, p: float) -> torch.Tensor:
-    """``values`` with each row's mask for ``call`` applied and survivors scaled by 1/(1-p)."""
+def _masked(values: torch.Tensor, seeds: np.ndarray, call: int, p: float, by_row: bool) -> torch.Tensor:
+    """``values`` with each row's mask for ``call`` applied and survivors scaled by 1/(1-p); without
+    ``by_row`` the whole tensor is one row."""
     if p >= 1.0:
         return torch.zeros_like(values)
-    rows = values.shape[0] if values.dim() else 0
+    rows = (values.shape[0] if values.dim() else 0) if by_row else 1
     if rows != len(seeds):
         raise ValueError(f"seeded dropout got a tensor of shape {tuple(values.shape)} inside a block seeded for "
                          f"{len(seeds)} rows; dim 0 must be the batch (one seed per row)")
@@ -108,13 +109,13 @@ def _masked(values: torch.Tensor, seeds: np.ndarray, call: int, p: float) -> tor
 
 class _SeededDropoutFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, p: float, seeds: np.ndarray, call: int) -> torch.Tensor:
-        ctx.p, ctx.seeds, ctx.call = p, seeds, call
-        return _masked(values, seeds, call, p)
+    def forward(ctx: Any, values: torch.Tensor, p: float, seeds: np.ndarray, call: int, by_row: bool) -> torch.Tensor:
+        ctx.p, ctx.seeds, ctx.call, ctx.by_row = p, seeds, call, by_row
+        return _masked(values, seeds, call, p, by_row)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        return _masked(grad, ctx.seeds, ctx.call, ctx.p), None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        return _masked(grad, ctx.seeds, ctx.call, ctx.p, ctx.by_row), None, None, None, None
 
 
 @contextlib.contextmanager
@@ -129,8 +130,22 @@ def seeded(row_seeds: Sequence[int] | torch.Tensor | np.ndarray) -> Iterator[Non
     seeds = np.asarray(row_seeds.cpu() if isinstance(row_seeds, torch.Tensor) else row_seeds).astype(np.uint64)
     if seeds.ndim != 1:
         raise ValueError(f"row_seeds must be one seed per row, got shape {seeds.shape}")
+    with _block(seeds, by_row=True):
+        yield
+
+
+@contextlib.contextmanager
+def seeded_stream(seed: int) -> Iterator[None]:
+    """Within the block, on this thread, seeded dropout draws from ``seed`` with tensors of any shape
+    (not tied to rows): the cheap masks for a plain training step, where nothing is replayed."""
+    with _block(np.asarray([int(seed)], dtype=np.uint64), by_row=False):
+        yield
+
+
+@contextlib.contextmanager
+def _block(seeds: np.ndarray, by_row: bool) -> Iterator[None]:
     outer = getattr(_state, "active", None)
-    _state.active = [seeds, 0]
+    _state.active = [seeds, 0, by_row]
     try:
         yield
     finally:
@@ -142,9 +157,9 @@ def seeded_dropout(values: torch.Tensor, p: float, training: bool = True) -> tor
     active = getattr(_state, "active", None)
     if active is None or not training or p == 0.0:
         return torch.nn.functional.dropout(values, p, training)
-    seeds, calls = active
+    seeds, calls, by_row = active
     active[1] = calls + 1
-    return _SeededDropoutFunction.apply(values, float(p), seeds, calls)
+    return _SeededDropoutFunction.apply(values, float(p), seeds, calls, by_row)
 
 
 class SeededDropout(torch.nn.Dropout):

@@ -9,8 +9,11 @@ tokenizer=..., data_collator=..., train_dataset=...).train()``). What it changes
 * **gradient cache** (``args.grad_cache``): ``training_step`` runs
   :func:`densekit.modeling.grad_cache.grad_cache_step` with the retriever's own encode and loss
   functions, so the batch can be far larger than memory; gradient accumulation, bf16/fp16 autocast and
-  fp16 loss scaling behave as in a normal step. BERT-family encoders get seeded dropout
-  (:mod:`densekit.modeling.seeded_dropout`), so on CPU their chunks run on all cores at once.
+  fp16 loss scaling behave as in a normal step.
+* **dropout**: BERT-family encoders get seeded dropout (:mod:`densekit.modeling.seeded_dropout`): masks
+  from a fused hash instead of torch's generator, cheaper in every training step, and per row in
+  gradient-cached steps, whose chunks then run on all CPU cores at once. Outside training, and with
+  gradient checkpointing, the model's dropout is torch's as before.
 * **eval**: ``prediction_step`` returns ``(loss, scores [B, G], label [B, G])``: each query scored
   against its own group, what :class:`~densekit.training.ir_metrics.IRMetrics` ranks.
 * **saving**: checkpoints are written by ``BiEncoderRetriever.save_pretrained`` (safetensors, the
@@ -23,6 +26,7 @@ tokenizer=..., data_collator=..., train_dataset=...).train()``). What it changes
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Optional
@@ -34,7 +38,7 @@ from densekit import distributed
 from densekit.errors import ConfigError, InputError
 from densekit.modeling.grad_cache import grad_cache_step
 from densekit.modeling.retriever import BiEncoderRetriever
-from densekit.modeling.seeded_dropout import make_seedable
+from densekit.modeling.seeded_dropout import is_seedable, make_seedable, seeded_stream
 from densekit.training.training_args import RetrievalTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -76,16 +80,26 @@ class RetrievalTrainer(Trainer):
         elif getattr(self.args, "grad_cache", False):
             raise ConfigError("grad_cache needs RetrievalTrainingArguments.")
         self.add_callback(SetEpochCallback(self))
+        if isinstance(self.model, torch.nn.Module):
+            make_seedable(self.model)  # seeded dropout where the architecture allows; unchanged outside blocks
 
     # ---------------------------------------------------------------------------------------- training
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         """The retriever's own loss (scaled by world size under torch.distributed, see module doc)."""
-        outputs = model(**_model_inputs(inputs))
+        with self._training_dropout(model):
+            outputs = model(**_model_inputs(inputs))
         if outputs.loss is None:
             raise ConfigError("the model returned no loss: the batch needs both 'query' and 'passage' "
                               "(RetrievalCollator output) and ModelArguments.loss must name a loss.")
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _training_dropout(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Seeded dropout for a plain training forward (one fused pass, ~12x cheaper than torch's masks;
+        the seed is drawn from torch's generator, so runs stay reproducible), where the model allows it."""
+        if not model.training or not is_seedable(self.accelerator.unwrap_model(model)):
+            return contextlib.nullcontext()
+        return seeded_stream(int(torch.randint(0, 2**62, ())))
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: Any = None) -> torch.Tensor:
@@ -110,7 +124,6 @@ class RetrievalTrainer(Trainer):
         if "query" not in inputs or "passage" not in inputs:
             raise ConfigError("grad_cache training needs batches with 'query' and 'passage' (RetrievalCollator).")
         retriever = self.accelerator.unwrap_model(model)
-        make_seedable(retriever)  # per-chunk dropout seeds where the architecture allows; idempotent
         label = inputs.get("label")
         accumulation = getattr(self, "current_gradient_accumulation_steps", None) or \
             self.args.gradient_accumulation_steps
