@@ -57,8 +57,12 @@ def densekit_step(model, queries, passages, chunk: int | None, cached: bool) -> 
         grad_cache_step(model.encode_query, queries, passages, lambda q, p: model.compute_loss(q, p),
                         passage_encode_fn=model.encode_passage, query_chunk_size=chunk, passage_chunk_size=chunk,
                         model=model)
-    else:
-        model(query=queries, passage=passages).loss.backward()
+    else:  # as RetrievalTrainer runs a plain step: seeded dropout masks, one seed per step
+        from densekit.modeling.seeded_dropout import seeded_stream
+
+        with seeded_stream(int(torch.randint(0, 2**62, ()))):
+            loss = model(query=queries, passage=passages).loss
+        loss.backward()
     return time.perf_counter() - start
 
 
