@@ -84,12 +84,14 @@ def _keep_mask(rows, cols, seeds, call, threshold):  # pragma: no cover - compil
 
 
 def _masked(values: torch.Tensor, seeds: np.ndarray, call: int, p: float, by_row: bool) -> torch.Tensor:
-    """``values`` with each row's mask for ``call`` applied and survivors scaled by 1/(1-p); without
-    ``by_row`` the whole tensor is one row."""
+    """``values`` with each row's mask for ``call`` applied and survivors scaled by 1/(1-p). Without
+    ``by_row`` the single seed stands for consecutive seeds, one per row of whatever shape comes."""
     if p >= 1.0:
         return torch.zeros_like(values)
-    rows = (values.shape[0] if values.dim() else 0) if by_row else 1
-    if rows != len(seeds):
+    rows = values.shape[0] if values.dim() else 1
+    if not by_row:
+        seeds = seeds[0] + np.arange(rows, dtype=np.uint64)
+    elif rows != len(seeds):
         raise ValueError(f"seeded dropout got a tensor of shape {tuple(values.shape)} inside a block seeded for "
                          f"{len(seeds)} rows; dim 0 must be the batch (one seed per row)")
     cols = values.numel() // max(rows, 1)
