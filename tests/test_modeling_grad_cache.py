@@ -338,16 +338,21 @@ def test_workers_default_to_the_torch_threads_only_where_possible(tiny_dropout_m
 
     used = []
     real = grad_cache.map_on_workers
-    monkeypatch.setattr(grad_cache, "map_on_workers", lambda fn, items, n: used.append(n) or real(fn, items, n))
+    monkeypatch.setattr(grad_cache, "map_on_workers",
+                        lambda fn, items, n, per: used.append((n, per)) or real(fn, items, n, per))
     model, encode = seeded_encoder(tiny_dropout_model_dir)
-    queries, passages = random_batch(Q, 3), random_batch(Q * G, 4)
+    queries, passages = random_batch(16, 3), random_batch(32, 4)
+    loss_fn = lambda q, p: InfoNCELoss(temperature=0.1)(q @ p.T, None)  # noqa: E731
     torch.set_num_threads(2)  # restored by conftest's one_torch_thread
-    grad_cache_step(encode, queries, passages, make_loss_fn("infonce"), query_chunk_size=Q_CHUNK, model=model)
-    assert set(used) == {2}  # first pass, then each of the 4 chunks' parts
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=16, passage_chunk_size=16, model=model)
+    assert set(used) == {(2, 1)}  # first pass, then each chunk's parts: two parts of 8 rows, one thread each
+    used.clear()
+    grad_cache_step(encode, queries, passages, loss_fn, query_chunk_size=4, passage_chunk_size=4, model=model)
+    assert set(used) == {(1, 2)}  # parts would be under MIN_PART_ROWS: whole chunks on both threads
     used.clear()
     plain, plain_encode = load_encoder(tiny_dropout_model_dir)  # not seedable: chunks in turn
-    grad_cache_step(plain_encode, queries, passages, make_loss_fn("infonce"), query_chunk_size=Q_CHUNK, model=plain)
-    assert set(used) == {1}
+    grad_cache_step(plain_encode, queries, passages, loss_fn, query_chunk_size=16, model=plain)
+    assert set(used) == {(1, 2)}
 
 
 @pytest.mark.parametrize("case", ["not seeded", "ddp", "zero"])

@@ -158,11 +158,17 @@ def _rows(inputs: Mapping[str, Any]) -> int:
     return len(next(iter(inputs.values())))
 
 
-def _worker_count(workers: int | None, seeded: bool, no_sync: Any, device_type: str) -> int:
-    """How many parts of a chunk run at once: ``None`` means every torch thread, where that is possible."""
+# Fewest rows a part gets when ``workers`` is chosen automatically: smaller GEMMs stop paying off, and
+# on a many-core machine the spare threads go to each part's intra-op pool instead.
+MIN_PART_ROWS = 8
+
+
+def _worker_count(workers: int | None, seeded: bool, no_sync: Any, device_type: str, chunk_rows: int) -> int:
+    """How many parts of a chunk run at once: ``None`` means every torch thread (parts of at least
+    ``MIN_PART_ROWS`` rows), where that is possible."""
     possible = seeded and no_sync is None and device_type == "cpu"
     if workers is None:
-        return torch.get_num_threads() if possible else 1
+        return max(1, min(torch.get_num_threads(), chunk_rows // MIN_PART_ROWS)) if possible else 1
     if isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"grad cache workers must be >= 1, got {workers!r}")
     if workers > 1 and not possible:
@@ -206,9 +212,9 @@ def grad_cache_step(
         autocast_dtype: run the encoder passes under ``torch.autocast`` with this dtype (bf16 on CPU,
             fp16/bf16 on CUDA). The loss itself is computed on float32 copies of the representations.
         workers: each chunk is split into this many parts, encoded at once, each on its own CPU thread
-            with one intra-op thread (:mod:`densekit.modeling.cpu_workers`); memory stays one chunk.
-            Needs a seeded model on CPU without DDP; ``None`` uses every torch thread when that holds
-            and 1 otherwise. Part ``i`` of every chunk adds into gradient sum ``i``, and the sums are
+            with ``torch threads // workers`` intra-op threads (:mod:`densekit.modeling.cpu_workers`);
+            memory stays one chunk. Needs a seeded model on CPU without DDP; ``None`` uses one worker
+            per torch thread (parts of at least ``MIN_PART_ROWS`` rows) when that holds, else 1. Part ``i`` of every chunk adds into gradient sum ``i``, and the sums are
             added in order, so the result does not depend on thread timing.
 
     Returns:
@@ -216,9 +222,11 @@ def grad_cache_step(
     """
     no_sync = getattr(model, "no_sync", None)  # DDP decides at forward time whether a backward syncs
     seeded = model is not None and seeded_dropout.is_seedable(model)
-    workers = _worker_count(workers, seeded, no_sync, _first_device_type(queries))
     towers = ((encode_fn, "query", split_rows(queries, query_chunk_size)),
               (passage_encode_fn or encode_fn, "passage", split_rows(passages, passage_chunk_size)))
+    chunk_rows = max(_rows(inputs) for _, _, tower_chunks in towers for inputs in tower_chunks)
+    workers = _worker_count(workers, seeded, no_sync, _first_device_type(queries), chunk_rows)
+    threads_per_worker = max(1, torch.get_num_threads() // workers)
     chunks: list[_Chunk] = []
     for encode, tower, tower_chunks in towers:
         for inputs in tower_chunks:
@@ -253,7 +261,7 @@ def grad_cache_step(
             with torch.no_grad():
                 return _check_reps(chunk.encode(part.inputs), part.inputs, chunk.tower)
 
-    reps = map_on_workers(first_pass, parts, workers)
+    reps = map_on_workers(first_pass, parts, workers, threads_per_worker)
 
     # 2. loss on the whole batch; back-propagate to the representations only
     n_query_parts = sum(len(chunk.parts) for chunk in chunks if chunk.tower == "query")
@@ -302,7 +310,7 @@ def grad_cache_step(
 
     for chunk in ordered:
         map_on_workers(lambda position, chunk_parts=chunk.parts: add_part_gradient(position, chunk_parts),
-                       range(len(chunk.parts)), workers)
+                       range(len(chunk.parts)), workers, threads_per_worker)
     for total in sums:
         for param, grad in zip(params, total):
             if grad is not None:
