@@ -42,6 +42,7 @@ def map_on_workers(fn: Callable[[Item], Result], items: Iterable[Item], workers:
     """
     if workers == 1:
         return [fn(item) for item in items]
+
     def run(item: Item) -> Result:
         if torch.get_num_threads() != threads_per_worker:  # also runs torch's per-thread lazy init first
             torch.set_num_threads(threads_per_worker)

@@ -214,8 +214,9 @@ def grad_cache_step(
         workers: each chunk is split into this many parts, encoded at once, each on its own CPU thread
             with ``torch threads // workers`` intra-op threads (:mod:`densekit.modeling.cpu_workers`);
             memory stays one chunk. Needs a seeded model on CPU without DDP; ``None`` uses one worker
-            per torch thread (parts of at least ``MIN_PART_ROWS`` rows) when that holds, else 1. Part ``i`` of every chunk adds into gradient sum ``i``, and the sums are
-            added in order, so the result does not depend on thread timing.
+            per torch thread (parts of at least ``MIN_PART_ROWS`` rows) when that holds, else 1.
+            Part ``i`` of every chunk adds into gradient sum ``i``, and the sums are added in order,
+            so the result does not depend on thread timing.
 
     Returns:
         The (unscaled) loss, detached. Parameter ``.grad`` fields hold the accumulated gradient.

@@ -52,9 +52,10 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     grad_cache_workers: Optional[int] = field(
         default=None,
-        metadata={"help": "Chunks encoded at once with --grad_cache, one CPU core each (BERT-family models on "
-                          "CPU without DDP; needs seeded dropout, set up automatically). Default: every torch "
-                          "thread where possible, else 1. Each worker holds one chunk's activations."},
+        metadata={"help": "Parts each --grad_cache chunk is split into and encoded at once, one CPU core each "
+                          "(BERT-family models on CPU without DDP; needs seeded dropout, set up automatically). "
+                          "Default: one per torch thread (parts of >= 8 rows) where possible, else 1. Memory "
+                          "stays one chunk, plus one parameter-sized gradient sum per worker."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: retrieval batches are dicts the model reads whole."}
