@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from densekit.errors import ConfigError, InputError
-from densekit.search import ExactSearch, FastResultHeapq, exact_search, heap_kernel, merge_topk
+from densekit.search import ExactSearch, ExactSearcher, FastResultHeapq, exact_search, heap_kernel, merge_topk
 
 
 @pytest.fixture(autouse=True, params=["compiled", "tensor"])
@@ -330,21 +330,73 @@ def test_exact_search_normalized_vectors_many_blocks_match_bruteforce() -> None:
     assert np.all(np.abs(scores[differ] - ref_scores[differ]) < 1e-5)
 
 
-def test_add_corpus_block_equals_brute_force_and_rejects_other_dimensions():
-    from densekit.errors import InputError
-    from densekit.search.topk import FastResultHeapq, add_corpus_block
+def test_exact_searcher_fed_block_by_block_equals_brute_force_and_rejects_other_dimensions() -> None:
+    queries, corpus = tied_data(7, 50, seed=5)
+    with ExactSearcher(torch.tensor(queries), topk=5) as searcher:
+        for start in range(0, 50, 12):
+            searcher.add(start, corpus[start:start + 12])
+        with pytest.raises(InputError, match="dim 2"):
+            searcher.add(0, corpus[:, :2])
+        with pytest.raises(InputError, match="2-D"):
+            searcher.add(0, corpus[0])
+        scores, indices = searcher.results()
+    ref_scores, ref_ids = reference_topk(queries, corpus, 5)
+    np.testing.assert_array_equal(indices, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
+    assert scores.dtype == np.float32 and indices.dtype == np.int64
 
-    rng = np.random.default_rng(5)
-    queries, corpus = rng.standard_normal((7, 16)).astype(np.float32), rng.standard_normal((50, 16)).astype(np.float32)
-    heap = FastResultHeapq(topk=5)
-    q = torch.tensor(queries)
-    for start in range(0, 50, 12):
-        add_corpus_block(heap, q, corpus[start:start + 12], start, chunk_size=5)
-    _, indices = heap.results()
-    expected = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :5]
-    np.testing.assert_array_equal(indices.numpy(), expected)
-    with pytest.raises(InputError, match="dimensions"):
-        add_corpus_block(heap, q, corpus[:, :8], 0, chunk_size=5)
+
+def test_exact_searcher_equals_exact_search_for_blocks_of_any_size_and_order(tmp_path) -> None:
+    queries, corpus = tied_data(600, 20000, dim=6, seed=8)  # 2 query batches, ties, several 4096 blocks
+    path = tmp_path / "corpus.f32"
+    corpus.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=corpus.shape)
+    expected = exact_search(queries, corpus, 40, threads=2)
+    np.testing.assert_array_equal(expected[1], reference_topk(queries, corpus, 40)[1])
+    cuts = [0, 1, 4096, 5000, 19999, 20000]  # ragged, unaligned, one-row and empty blocks
+    for source in (corpus, mapped, torch.from_numpy(corpus)):
+        for order in (slice(None), slice(None, None, -1)):  # blocks in corpus order and reversed
+            with ExactSearcher(queries, 40, threads=2) as searcher:
+                for lo, hi in list(zip(cuts[:-1], cuts[1:]))[order]:
+                    searcher.add(lo, source[lo:hi])
+                searcher.add(20000, corpus[:0])
+                got = searcher.results()
+            np.testing.assert_array_equal(got[1], expected[1])
+            np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_exact_searcher_without_blocks_and_without_queries() -> None:
+    queries, corpus = random_data(3, 10)
+    with ExactSearcher(queries, 4) as searcher:
+        scores, ids = searcher.results()  # an empty corpus: only padding
+    assert ids.tolist() == [[-1] * 4] * 3 and np.isneginf(scores).all()
+    with ExactSearcher(queries[:0], 4, threads=2) as searcher:
+        searcher.add(0, corpus)
+        scores, ids = searcher.results()
+    assert scores.shape == ids.shape == (0, 4)
+
+
+def test_exact_searcher_refuses_use_after_close_or_after_a_failed_add() -> None:
+    queries, corpus = random_data(5, 40)
+    searcher = ExactSearcher(queries, 3, threads=2)
+    searcher.add(0, corpus[:20])
+    partial = searcher.results()
+    searcher.close()
+    searcher.close()  # twice is fine; results stay
+    np.testing.assert_array_equal(searcher.results()[1], partial[1])
+    with pytest.raises(ConfigError, match="close"):
+        searcher.add(20, corpus[20:])
+    with pytest.raises(ConfigError, match="offset"):
+        ExactSearcher(queries, 3).add(-1, corpus)
+    bad = corpus.copy()
+    bad[3, 1] = np.nan
+    with ExactSearcher(queries, 3, threads=2) as searcher:
+        with pytest.raises(InputError, match="NaN"):
+            searcher.add(0, bad)
+        with pytest.raises(ConfigError, match="failed"):
+            searcher.results()
+        with pytest.raises(ConfigError, match="failed"):
+            searcher.add(40, corpus)
 
 
 def test_order_keys_round_trip_and_order_scores_desc_then_lower_index() -> None:

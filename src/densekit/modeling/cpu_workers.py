@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 import torch
@@ -34,7 +34,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def map_on_workers(fn: Callable[[Item], Result], items: Iterable[Item], workers: int,
                    threads_per_worker: int = 1) -> list[Result]:
     """``[fn(item) for item in items]``, computed on ``workers`` threads with ``threads_per_worker``
-    intra-op threads each; results in input order. The caller's torch thread count is restored after.
+    intra-op threads each; results in input order. The caller's torch thread count is restored after,
+    also when ``fn`` raises: the call then waits for the other items before raising the first error.
 
     ``fn`` runs on a worker thread: thread-local torch state (grad mode, autocast, inference mode) is the
     worker's, not the caller's, so ``fn`` must enter what it needs itself. With ``workers=1`` it runs on the
@@ -49,7 +50,9 @@ def map_on_workers(fn: Callable[[Item], Result], items: Iterable[Item], workers:
         return fn(item)
 
     threads = torch.get_num_threads()
+    futures = [_pool(workers).submit(run, item) for item in items]
     try:
-        return list(_pool(workers).map(run, items))
+        wait(futures)  # every item, also when one fails: none may run on (and change settings) after we return
     finally:
         torch.set_num_threads(threads)  # workers changed the process-wide default; restore it
+    return [future.result() for future in futures]  # raises the first failure, in input order

@@ -4,6 +4,6 @@
 index is built.
 """
 from densekit.search.faiss_backend import FaissSearch
-from densekit.search.topk import ExactSearch, FastResultHeapq, SearchBackend, exact_search, merge_topk
+from densekit.search.topk import ExactSearch, ExactSearcher, FastResultHeapq, SearchBackend, exact_search, merge_topk
 
-__all__ = ["ExactSearch", "FaissSearch", "FastResultHeapq", "SearchBackend", "exact_search", "merge_topk"]
+__all__ = ["ExactSearch", "ExactSearcher", "FaissSearch", "FastResultHeapq", "SearchBackend", "exact_search", "merge_topk"]

@@ -1,10 +1,12 @@
 """Exact inner-product top-k search that streams over the corpus in chunks.
 
 Why streaming: a corpus of 10M x 768 float32 vectors is 30 GB, more than most machines hold, and the
-full query x corpus score matrix is bigger still. Here the corpus is read one chunk at a time (from a
-numpy array, a memory-mapped file, a torch tensor or any iterable of ``(offset, chunk)`` blocks) and each
+full query x corpus score matrix is bigger still. Here the corpus is read one chunk at a time and each
 block of scores is folded into a running top-k per query (:class:`FastResultHeapq`), so peak memory is
-set by the chunk and block sizes, not by the corpus size.
+set by the block sizes, not by the corpus size. There is one search kernel, :class:`ExactSearcher`, fed
+push-style (``add(offset, block)``: the evaluator encodes and searches block by block);
+:func:`exact_search` is a loop over it for a numpy array, a memory-mapped file, a torch tensor or any
+iterable of ``(offset, chunk)`` blocks.
 
 Why it is fast: like faiss's flat index, each query keeps its k-th best score so far, and after the
 first blocks almost no score reaches it; on CPU one compiled pass per block compares every score with
@@ -30,12 +32,12 @@ import contextlib
 import ctypes
 import mmap
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Iterable, Iterator, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from densekit.errors import ConfigError, InputError
 from densekit.search import heap_kernel
@@ -272,10 +274,15 @@ def _torch_threads(threads: int) -> Iterator[None]:
 # the CPU's last-level cache between the matmul that writes them and the pass that reads them.
 _BLOCK_QUERIES = 512
 _BLOCK_DOCS = 4096
+# Corpus rows converted to float32 (and, for a memmap, paged in and released) at a time inside
+# ExactSearcher.add: bounds the copy of a huge block (a whole corpus shard) at 16384 x dim floats.
+_PIECE_ROWS = 4 * _BLOCK_DOCS
+# Off CPU there is no cache to fit: one matmul covers this many documents (query batch x 16384 scores).
+_DEVICE_BLOCK_DOCS = 16384
 
 
 class _Worker:
-    """Scores its share of the query batches against each corpus chunk and keeps their top-k.
+    """Scores its share of the query batches against each corpus piece and keeps their top-k.
 
     Each worker owns one reusable score buffer (a fresh 64 MB tensor per matmul costs page faults)
     and the :class:`FastResultHeapq` of its batches.
@@ -313,23 +320,163 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor
     return out
 
 
+class ExactSearcher:
+    """Exact top-k of a fixed set of queries over a corpus that arrives block by block (push-style).
+
+    Why push-style: the evaluator encodes the corpus and searches it as it goes (encode a block, score
+    it, drop it), and ``densekit search`` reads shard folders one block at a time; neither can hand
+    over the corpus as one array. :func:`exact_search` is a loop over this class, so every caller
+    runs the same kernel and gets the same results.
+
+    How: the queries are cut into batches (on CPU at most 512 rows), shared among ``threads`` worker
+    threads. :meth:`add` scores each piece of the block against every batch in matmuls of at most
+    512 x 4096 (numpy's BLAS, one thread per worker) and folds the scores into the batch's
+    :class:`FastResultHeapq`. Memory: the queries, one score block per worker, the running top-k
+    (``2 * topk`` keys per query) and one 16384-row float32 copy of the block at a time; never
+    queries x block. Why separate single-threaded workers and not one multi-threaded BLAS: they never
+    wait for each other until the end of a piece, and two single-threaded sgemms did 170 GFLOP/s on
+    the 2-core machine where one two-threaded sgemm did 96-110.
+
+    Thread settings: only *inside* :meth:`add` do torch and BLAS run one thread each process-wide
+    (when there are several workers); they are restored before :meth:`add` returns or raises, so the
+    caller may run an encoder with its own threads between two calls. :meth:`close` (or leaving the
+    ``with`` block) shuts the worker threads down.
+
+    Example::
+
+        with ExactSearcher(query_embs, topk=100) as searcher:
+            for offset, block in corpus_blocks:  # offset: global corpus index of the block's first row
+                searcher.add(offset, block)
+            scores, indices = searcher.results()
+
+    Args:
+        query_embs: ``[nq, dim]`` numpy array or tensor.
+        topk: results per query; rows are padded with ``-inf`` / ``-1`` when the corpus is smaller.
+        query_batch_size: query rows per matmul; on CPU at most 512, and fewer if needed to give every
+            thread a batch.
+        device: where to compute; default: the device of ``query_embs`` if a tensor, else CPU.
+        threads: CPU worker threads; default ``torch.get_num_threads()``. Ignored off CPU.
+    """
+
+    def __init__(self, query_embs: Embeddings, topk: int, *, query_batch_size: int = 1024,
+                 device: torch.device | str | None = None, threads: int | None = None) -> None:
+        for name, value in (("topk", topk), ("query_batch_size", query_batch_size), ("threads", threads or 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if device is None:
+            device = query_embs.device if isinstance(query_embs, torch.Tensor) else torch.device("cpu")
+        device = torch.device(device)
+        on_cpu = device.type == "cpu"
+        threads = int(threads or torch.get_num_threads()) if on_cpu else 1
+        with torch.inference_mode():
+            self.queries = _to_tensor(query_embs, device, "query embeddings").contiguous()
+        nq = self.queries.shape[0]
+        self.topk, self.dim = int(topk), self.queries.shape[1]
+        size = max(1, min(int(query_batch_size), _BLOCK_QUERIES if on_cpu else nq, -(-nq // threads)))
+        batches = [(s, min(s + size, nq)) for s in range(0, nq, size)]
+        block_docs = _BLOCK_DOCS if on_cpu else _DEVICE_BLOCK_DOCS
+        self._workers = [_Worker(self.queries, batches[w::threads], self.topk, block_docs)
+                         for w in range(min(threads, len(batches)))]
+        # several workers: torch and BLAS at one thread each during add(); one worker (on the calling
+        # thread): BLAS gets the torch thread count, as torch's own matmuls would
+        self._limits = (1 if len(self._workers) > 1 else torch.get_num_threads()) if on_cpu else None
+        self._blas = ThreadpoolController() if on_cpu else None
+        self._pool = ThreadPoolExecutor(len(self._workers), thread_name_prefix="densekit-search") \
+            if len(self._workers) > 1 else None
+        self._closed = False
+        self._failed: BaseException | None = None
+
+    def add(self, offset: int, block: Embeddings) -> None:
+        """Fold in corpus rows ``offset .. offset + len(block) - 1`` (any number of rows, any order of calls).
+
+        ``block`` is a ``[rows, dim]`` numpy array (a memory-mapped one is fine: its pages are released
+        after use), or a tensor. It is read in 16384-row pieces; nothing of it is kept.
+        """
+        if self._closed:
+            raise ConfigError("ExactSearcher.add() called after close().")
+        if self._failed is not None:
+            raise ConfigError("ExactSearcher.add() called after an earlier add() failed; start a new search.")
+        if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool) or offset < 0:
+            raise ConfigError(f"offset must be a non-negative integer (the block's first corpus row), got {offset!r}.")
+        shape = tuple(block.shape)
+        if len(shape) != 2:
+            raise InputError(f"corpus embeddings must be a 2-D [rows, dim] array, got shape {shape}.",
+                             fix="pass one embedding per row.")
+        if shape[1] != self.dim:
+            raise InputError(f"corpus embeddings have dim {shape[1]} (block at row {offset}) "
+                             f"but queries have dim {self.dim}.",
+                             fix="encode queries and corpus with the same model.")
+        if offset + shape[0] > _LOW_MASK:
+            raise ConfigError(f"corpus indices must be below {_LOW_MASK}; got offset {offset} + {shape[0]} rows.")
+        try:
+            with torch.inference_mode(), self._thread_limits():
+                for start in range(0, shape[0], _PIECE_ROWS):
+                    piece = block[start:start + _PIECE_ROWS]
+                    self._add_piece(_to_tensor(piece, self.queries.device, "corpus embeddings"), int(offset) + start)
+                    if isinstance(piece, np.memmap):
+                        _release_pages(piece)
+        except BaseException as error:
+            self._failed = error
+            raise
+
+    def _add_piece(self, docs: torch.Tensor, offset: int) -> None:
+        if self._pool is None:
+            for worker in self._workers:
+                worker.add_chunk(docs, offset)
+            return
+        futures = [self._pool.submit(worker.add_chunk, docs, offset) for worker in self._workers]
+        wait(futures)  # all of them, also when one fails: none may still run when add() returns
+        for future in futures:
+            future.result()
+
+    @contextlib.contextmanager
+    def _thread_limits(self) -> Iterator[None]:
+        """torch and BLAS thread counts for the workers, restored on the way out (also on errors)."""
+        if self._limits is None:
+            yield
+            return
+        with _torch_threads(1 if self._pool is not None else torch.get_num_threads()), \
+                self._blas.limit(limits=self._limits, user_api="blas"):
+            yield
+
+    def results(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores float32 [nq, topk], indices int64 [nq, topk])`` of the rows added so far.
+
+        Sorted by score descending; equal scores list the lower corpus index first; padded with
+        ``-inf`` / ``-1``. May be called again after more :meth:`add` calls.
+        """
+        if self._failed is not None:
+            raise ConfigError("ExactSearcher.results() called after an add() failed; the results are incomplete.")
+        parts = sorted((batch, heap.results()) for w in self._workers for batch, heap in zip(w.batches, w.heaps))
+        if not parts:
+            return np.empty((0, self.topk), np.float32), np.empty((0, self.topk), np.int64)
+        scores = torch.cat([p[1][0] for p in parts]).cpu().numpy()
+        indices = torch.cat([p[1][1] for p in parts]).cpu().numpy()
+        return scores, indices
+
+    def close(self) -> None:
+        """Shut the worker threads down (results stay available). Safe to call twice."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> "ExactSearcher":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *,
                  corpus_chunk_size: int = 16384, query_batch_size: int = 1024,
                  device: torch.device | str | None = None,
                  threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact maximum-inner-product search of every query against the whole corpus.
 
-    The corpus is read once, chunk by chunk; every chunk is scored against each query batch in float32
-    matmuls (on CPU of at most 512 queries x 4096 documents: an 8 MiB block that stays in the cache
-    until the threshold pass has read it) and folded into that batch's :class:`FastResultHeapq`. Peak
-    extra memory is one corpus chunk plus one score block per thread.
-
-    On CPU the query batches are shared among ``threads`` Python threads, each running its matmuls
-    (numpy's BLAS) and its selection (:mod:`densekit.search.heap_kernel`) on one core, GIL released.
-    Why not one multi-threaded BLAS: independent workers never wait for each other until the end of
-    a corpus chunk, and two single-threaded sgemms did 170 GFLOP/s on the 2-core machine where one
-    two-threaded sgemm did 96-110. (While searching, torch and BLAS run one thread each process-wide;
-    the settings are restored afterwards.)
+    A loop over :class:`ExactSearcher` (see there for how it works and what memory it needs): the
+    corpus is read once, ``corpus_chunk_size`` rows at a time, each chunk folded into the running
+    top-k of every query. Thread settings are the caller's again when this returns or raises.
 
     Args:
         query_embs: ``[nq, dim]`` numpy array or tensor.
@@ -338,7 +485,8 @@ def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *
             the block's first row.
         topk: results per query; rows are padded with ``-inf`` / ``-1`` when the corpus is smaller.
         corpus_chunk_size: corpus rows read at a time (``per_device_matmul_batch_size`` in the
-            evaluator); on CPU a matmul covers at most 4096 of them.
+            evaluator); rounded down to a multiple of 4096 (at least 4096), the documents of one
+            CPU matmul.
         query_batch_size: query rows per matmul; on CPU at most 512, and fewer if needed to give
             every thread a batch.
         device: where to compute; default: the device of ``query_embs`` if a tensor, else CPU.
@@ -348,50 +496,14 @@ def exact_search(query_embs: Embeddings, corpus_embs: CorpusSource, topk: int, *
         ``(scores float32 [nq, topk], indices int64 [nq, topk])`` sorted by score descending; equal
         scores list the lower corpus index first.
     """
-    for name, value in (("topk", topk), ("corpus_chunk_size", corpus_chunk_size),
-                        ("query_batch_size", query_batch_size), ("threads", threads or 1)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    if device is None:
-        device = query_embs.device if isinstance(query_embs, torch.Tensor) else torch.device("cpu")
-    device = torch.device(device)
-    threads = int(threads or torch.get_num_threads()) if device.type == "cpu" else 1
-    with torch.inference_mode(), _torch_threads(1 if threads > 1 else torch.get_num_threads()), \
-            threadpool_limits(1 if threads > 1 else torch.get_num_threads(), user_api="blas"):
-        queries = _to_tensor(query_embs, device, "query embeddings")
-        nq, dim = queries.shape
-        on_cpu = device.type == "cpu"  # a GPU wants large blocks: no cache-sized caps there
-        size = max(1, min(int(query_batch_size), _BLOCK_QUERIES if on_cpu else nq, -(-nq // threads)))
-        block_docs = _BLOCK_DOCS if on_cpu else int(corpus_chunk_size)
-        chunk = max(block_docs, int(corpus_chunk_size) // block_docs * block_docs)  # whole matmul blocks
-        batches = [(s, min(s + size, nq)) for s in range(0, nq, size)]
-        workers = [_Worker(queries, batches[w::threads], int(topk), block_docs)
-                   for w in range(min(threads, len(batches)))]
-        pool = ThreadPoolExecutor(len(workers)) if len(workers) > 1 else None
-        try:
-            for offset, block in _iter_blocks(corpus_embs, chunk):
-                docs = _to_tensor(block, device, "corpus embeddings")
-                if docs.shape[1] != dim:
-                    raise InputError(f"corpus embeddings have dim {docs.shape[1]} (block at row {offset}) "
-                                     f"but queries have dim {dim}.",
-                                     fix="encode queries and corpus with the same model.")
-                if pool is None:
-                    for worker in workers:
-                        worker.add_chunk(docs, offset)
-                else:  # wait for all: the chunk's pages are released next
-                    for done in [pool.submit(worker.add_chunk, docs, offset) for worker in workers]:
-                        done.result()
-                if isinstance(block, np.memmap):
-                    _release_pages(block)
-        finally:
-            if pool is not None:
-                pool.shutdown()
-        if not batches:
-            return np.empty((0, topk), np.float32), np.empty((0, topk), np.int64)
-        results = sorted((b, h.results()) for w in workers for b, h in zip(w.batches, w.heaps))
-        scores = torch.cat([r[0] for _, r in results]).cpu().numpy()
-        indices = torch.cat([r[1] for _, r in results]).cpu().numpy()
-    return scores, indices
+    if not isinstance(corpus_chunk_size, (int, np.integer)) or corpus_chunk_size < 1:
+        raise ConfigError(f"corpus_chunk_size must be a positive integer, got {corpus_chunk_size!r}.")
+    with ExactSearcher(query_embs, topk, query_batch_size=query_batch_size, device=device,
+                       threads=threads) as searcher:
+        chunk = max(_BLOCK_DOCS, int(corpus_chunk_size) // _BLOCK_DOCS * _BLOCK_DOCS)  # whole matmul blocks
+        for offset, block in _iter_blocks(corpus_embs, chunk):
+            searcher.add(offset, block)
+        return searcher.results()
 
 
 @runtime_checkable
@@ -424,24 +536,3 @@ class ExactSearch:
     def search(self, query_embs: Embeddings, topk: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_search(query_embs, self.corpus_embs, topk, corpus_chunk_size=self.corpus_chunk_size,
                             query_batch_size=self.query_batch_size, device=self.device)
-
-
-def add_corpus_block(heap: FastResultHeapq, queries: torch.Tensor, block: Embeddings, offset: int,
-                     chunk_size: int) -> None:
-    """Score ``queries`` against a block of corpus vectors (rows ``offset...``) into ``heap``.
-
-    The block is copied to the queries' device (cache blocks are read-only memory maps) and scored
-    ``chunk_size`` rows per matmul (the same :func:`_matmul` as :func:`exact_search`, so both give the
-    same scores), the push-style twin of :func:`exact_search` for callers that receive corpus blocks one
-    at a time (encoding while searching, reading shard folders).
-    """
-    if block.shape[1] != queries.shape[1]:
-        raise InputError(f"corpus vectors have {block.shape[1]} dimensions, queries {queries.shape[1]}.",
-                         fix="encode queries and corpus with the same model.")
-    block_t = torch.tensor(np.asarray(block), device=queries.device, dtype=torch.float32)
-    with torch.inference_mode():
-        queries = queries.float()
-        for start in range(0, len(block_t), chunk_size):
-            docs_t = block_t[start:start + chunk_size].T
-            out = queries.new_empty((queries.shape[0], docs_t.shape[1]))
-            heap.add(_matmul(queries, docs_t, out), offset=offset + start)
