@@ -82,16 +82,56 @@ def test_corrupted_block_with_same_size_is_rebuilt(tmp_path):
     np.testing.assert_array_equal(entry.load()[1][:, 0], np.arange(8, dtype=np.float32))
 
 
-def test_named_entry_built_for_another_key_is_rebuilt(tmp_path):
+def test_named_entries_for_other_keys_live_side_by_side(tmp_path):
     cache = EmbeddingCache(tmp_path, block_size=4)
     ids = ["a", "b"]
-    cache.entry("model-1", name="corpus.arrow").build(ids, fake_encoder([]))
+    first = cache.entry("model-1", name="corpus.arrow")
+    first.build(ids, fake_encoder([]))
     assert not cache.entry("model-2", name="corpus.arrow").is_complete()
     calls: list = []
-    cache.entry("model-2", name="corpus.arrow").build(ids, fake_encoder(calls))
+    cache.entry("model-2", name="corpus.arrow").build(ids, lambda a, b: fake_encoder(calls)(a, b) + 100)
     assert calls == [(0, 2)]
-    manifest = json.loads((tmp_path / "corpus.arrow" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "corpus.arrow" / "model-2" / "manifest.json").read_text())
     assert manifest["key"] == "model-2"
+    assert first.is_complete()  # building model-2 did not touch model-1's entry
+    np.testing.assert_array_equal(first.load()[1], fake_encoder([])(0, 2))
+    np.testing.assert_array_equal(cache.entry("model-2", name="corpus.arrow").load()[1], fake_encoder([])(0, 2) + 100)
+
+
+def test_named_folder_keeps_the_most_recently_used_entries(tmp_path):
+    import os
+
+    cache = EmbeddingCache(tmp_path, block_size=4, keep_per_name=2)
+    entries = {k: cache.entry(k, name="c") for k in ("k1", "k2", "k3")}
+    entries["k1"].build(["a"], fake_encoder([]))
+    entries["k2"].build(["a"], fake_encoder([]))
+    os.utime(entries["k1"].manifest_path, ns=(1, 1))
+    os.utime(entries["k2"].manifest_path, ns=(2, 2))
+    assert entries["k1"].is_complete()  # a read marks k1 as used now, so k2 is the least recently used
+    entries["k3"].build(["a"], fake_encoder([]))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["k1", "k3"]
+
+
+def test_entry_in_use_is_not_removed_by_another_build(tmp_path):
+    cache = EmbeddingCache(tmp_path, block_size=1, keep_per_name=1)
+    held = cache.entry("k1", name="c")
+    held.build(["a", "b"], fake_encoder([]))
+    reading = held.iter_blocks()
+    next(reading)  # a reader is halfway through k1
+    cache.entry("k2", name="c").build(["a"], fake_encoder([]))
+    assert held.is_complete()
+    assert [start for start, _ in reading] == [1]
+    cache.entry("k3", name="c").build(["a"], fake_encoder([]))
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["k3"]
+
+
+def test_format_1_files_in_a_named_folder_are_removed(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name in ("block_000000.npy", "ids.txt", "manifest.json", "pending.json"):
+        (folder / name).write_text("old")
+    EmbeddingCache(tmp_path, block_size=4).entry("k", name="c").build(["a"], fake_encoder([]))
+    assert sorted(p.name for p in folder.iterdir()) == ["k"]
 
 
 def test_fingerprints_change_with_content_and_order():

@@ -7,18 +7,35 @@ max length), so a new checkpoint or a new option never silently reuses stale vec
 
 Layout of an entry folder::
 
-    <root>/<key or user name>/
+    <entry>/
+        .lock                  flock'ed: exclusive while a build writes, shared while a reader checks or reads
         block_000000.npy ...   float32 rows, each block written atomically (temp file + rename)
-        ids.txt                one id per line, written atomically with the manifest
-        manifest.json          written last: fingerprint, dim, count, block sizes and SHA-256 of each block
+        block_000000.json ...  sidecar written right after its block: entry key, rows [start, stop), size and
+                               SHA-256 of the bytes as they were written
+        ids.json               the ids as one JSON list (any string round-trips, newlines and tabs included)
+        manifest.json          written last: key, count, dim, size and SHA-256 of every block and of ids.json
 
-An entry without a manifest is unfinished: its finished blocks are reused (an interrupted encoding
-resumes from the last complete block) and the rest is encoded. A block whose size or checksum does not
-match is encoded again, never read as valid.
+Where entries live in an :class:`EmbeddingCache`: ``<root>/<key>/``, or ``<root>/<name>/<key>/`` when the
+caller names the entry (``corpus_cache=...``). Why keyed under the name: two runs with different checkpoints
+and the same name then write different folders and can never delete or overwrite each other's blocks.
+A name keeps at most ``keep_per_name`` entries (least recently used are removed after a build), and an
+entry is only removed when its lock can be taken at once, i.e. nobody is building or reading it.
+
+Why the lock is a file inside the entry: removing an entry removes its lock file too, so whoever takes a
+lock checks afterwards that the file it locked is still the one at that path, and starts over if not.
+Blocks are never changed in place (only replaced by rename or removed), so a block memory-mapped under the
+lock stays valid after the lock is released.
+
+An entry without a manifest is unfinished: a block is reused only when its sidecar names this key and
+these rows and its bytes still match the recorded checksum, so a block damaged before the entry was
+finished is encoded again, never sealed into the manifest. A finished entry is checked whole (every
+block and the ids file against the manifest) before it is reused.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -29,10 +46,19 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from densekit.errors import InputError
 from densekit.files import atomic_write
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; entries then work as before, without protection between processes
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LOCK_NAME = ".lock"
+IDS_NAME = "ids.json"
+LEGACY_FILES = ("ids.txt", "pending.json")  # format 1 leftovers, removed when an entry is rebuilt
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -63,50 +89,125 @@ def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
 
 @dataclass
 class CacheEntry:
-    """One entry folder; see the module docstring for its layout."""
+    """One entry folder; see the module docstring for its layout.
+
+    ``keep`` > 0 marks an entry of a named cache folder: after a build, the sibling entries in
+    ``path.parent`` beyond the ``keep`` most recently used are removed (when nobody holds them).
+    """
 
     path: Path
     key: str
     block_size: int
+    keep: int = 0
 
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
 
+    @property
+    def ids_path(self) -> Path:
+        return self.path / IDS_NAME
+
     @classmethod
     def open(cls, path: str | Path) -> "CacheEntry":
         """A finished embedding folder (written by ``densekit encode`` or the cache), checked whole."""
-        from densekit.errors import InputError
-
         path = Path(path)
         manifest = _read_json(path / "manifest.json")
         if manifest is None:
             raise InputError("not a finished embedding folder (no manifest.json).", path=path,
                              fix="run `densekit encode` for it again; an interrupted run resumes where it stopped.")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise InputError(f"embedding folder written in format {manifest.get('version')}, this densekit reads "
+                             f"format {FORMAT_VERSION}.", path=path,
+                             fix="run the same `densekit encode` command again to re-encode it.")
         entry = cls(path=path, key=manifest["key"], block_size=manifest["block_size"])
         if not entry.is_complete():
-            raise InputError("embedding folder is damaged (a block is missing or fails its checksum).", path=path,
-                             fix="run the same `densekit encode` command again: it re-encodes the damaged blocks.")
+            raise InputError("embedding folder is damaged (a block or the ids file is missing or fails its checksum).",
+                             path=path, fix="run the same `densekit encode` command again: it re-encodes what is damaged.")
         return entry
-
-    @property
-    def info(self) -> dict:
-        """What the manifest says beyond the blocks (kind, source file, shard...)."""
-        return (self._read_manifest() or {}).get("info", {})
 
     def block_path(self, number: int) -> Path:
         return self.path / f"block_{number:06d}.npy"
 
+    def sidecar_path(self, number: int) -> Path:
+        return self.path / f"block_{number:06d}.json"
+
+    # --------------------------------------------------------------------------------------- locking
+    def _acquire(self, exclusive: bool, wait: bool) -> Optional[int]:
+        """A descriptor holding the entry's lock; -1 when there is nothing to lock (no flock, read-only
+        folder); None when a reader finds no folder or, without ``wait``, someone else holds the lock."""
+        if fcntl is None:
+            return -1
+        lock_path = self.path / LOCK_NAME
+        while True:
+            if exclusive:
+                self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:
+                if exclusive:
+                    continue  # removed between mkdir and open: make it again
+                return None
+            except OSError:
+                if exclusive:
+                    raise
+                return -1  # a folder we cannot write: nobody can change it either
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the entry was removed while we waited: lock the folder that is there now
+
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool, wait: bool = True) -> Iterator[bool]:
+        """Hold the entry's lock for the ``with`` block; yields False when it could not be taken."""
+        fd = self._acquire(exclusive, wait)
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None and fd >= 0:
+                os.close(fd)  # closing the descriptor releases the flock
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[dict]:
+        """The manifest of this finished entry, under a shared lock so no build changes the files meanwhile."""
+        with self._lock(exclusive=False) as held:
+            manifest = self._read_manifest() if held else None
+            if manifest is None or manifest.get("key") != self.key or manifest.get("version") != FORMAT_VERSION:
+                raise InputError("no finished embeddings for these inputs here (the entry is unfinished, or was "
+                                 "removed or rebuilt for other inputs by another process).", path=self.path,
+                                 fix="run the command again; it encodes what is missing.")
+            yield manifest
+
+    # --------------------------------------------------------------------------------------- reading
     def is_complete(self) -> bool:
-        """A manifest exists, names this key, and every block matches its recorded size and checksum."""
+        """A manifest exists, names this key, and every block and the ids file match their size and checksum."""
+        with self._lock(exclusive=False) as held:
+            return held and self._check_complete()
+
+    def _check_complete(self) -> bool:
         manifest = self._read_manifest()
         if manifest is None or manifest.get("key") != self.key or manifest.get("version") != FORMAT_VERSION:
             return False
-        for number, (size, digest) in enumerate(zip(manifest["block_bytes"], manifest["block_sha256"])):
-            path = self.block_path(number)
+        try:
+            files = [(self.ids_path, manifest["ids_bytes"], manifest["ids_sha256"])]
+            files += [(self.block_path(n), size, digest)
+                      for n, (size, digest) in enumerate(zip(manifest["block_bytes"], manifest["block_sha256"]))]
+        except (KeyError, TypeError):
+            return False
+        for path, size, digest in files:
             if not path.is_file() or path.stat().st_size != size or sha256_file(path) != digest:
-                logger.warning("embedding cache block %s is damaged; it will be encoded again", path)
+                logger.warning("embedding cache file %s is missing or damaged; it will be encoded again", path)
                 return False
+        if self.keep:
+            with contextlib.suppress(OSError):
+                os.utime(self.manifest_path)  # marks the entry as recently used (see _evict_siblings)
         return True
 
     def _read_manifest(self) -> Optional[dict]:
@@ -114,45 +215,61 @@ class CacheEntry:
 
     def load(self, mmap: bool = True) -> tuple[list[str], np.ndarray]:
         """Ids and embeddings of a complete entry (blocks memory-mapped, then joined)."""
-        manifest = self._read_manifest()
-        assert manifest is not None, "load() called on an incomplete entry"
-        ids = self.read_ids()
-        blocks = [np.load(self.block_path(n), mmap_mode="r" if mmap else None)
-                  for n in range(len(manifest["block_bytes"]))]
-        if not blocks:
-            return ids, np.zeros((0, manifest["dim"]), dtype=np.float32)
-        return ids, np.concatenate(blocks) if len(blocks) > 1 else np.asarray(blocks[0])
+        with self._reading() as manifest:
+            ids = self._read_ids(manifest)
+            blocks = [np.load(self.block_path(n), mmap_mode="r" if mmap else None)
+                      for n in range(len(manifest["block_bytes"]))]
+            if not blocks:
+                return ids, np.zeros((0, manifest["dim"]), dtype=np.float32)
+            return ids, np.concatenate(blocks) if len(blocks) > 1 else np.asarray(blocks[0])
 
     def read_ids(self) -> list[str]:
         """The ids of a complete entry, in row order."""
-        manifest = self._read_manifest()
-        assert manifest is not None, "read_ids() called on an incomplete entry"
-        if manifest["count"] == 0:
-            return []
-        return (self.path / "ids.txt").read_text(encoding="utf-8").split("\n")[: manifest["count"]]
+        with self._reading() as manifest:
+            return self._read_ids(manifest)
+
+    def _read_ids(self, manifest: dict) -> list[str]:
+        try:
+            ids = json.loads(self.ids_path.read_bytes())
+        except (OSError, ValueError):
+            ids = None
+        if not isinstance(ids, list) or len(ids) != manifest["count"] or not all(isinstance(i, str) for i in ids):
+            raise InputError(f"the ids file {IDS_NAME} is missing or damaged.", path=self.path,
+                             fix="run the same command (`densekit encode`, or the evaluation) again: it is rewritten.")
+        return ids
 
     def iter_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, block) pairs of a complete entry, memory-mapped: search without loading it all."""
-        manifest = self._read_manifest()
-        assert manifest is not None, "iter_blocks() called on an incomplete entry"
-        start = 0
-        for n in range(len(manifest["block_bytes"])):
-            block = np.load(self.block_path(n), mmap_mode="r")
-            yield start, block
-            start += len(block)
+        """(first row, block) pairs of a complete entry, memory-mapped: search without loading it all.
 
-    def _valid_block(self, number: int, rows: int) -> Optional[np.ndarray]:
-        """The finished block ``number`` if it is whole and has ``rows`` rows, else None."""
-        path = self.block_path(number)
-        if not path.is_file():
+        The entry stays share-locked until the iteration ends, so it cannot be removed halfway.
+        """
+        with self._reading() as manifest:
+            start = 0
+            for n in range(len(manifest["block_bytes"])):
+                block = np.load(self.block_path(n), mmap_mode="r")
+                yield start, block
+                start += len(block)
+
+    # -------------------------------------------------------------------------------------- building
+    def _reusable_block(self, number: int, start: int, stop: int) -> Optional[tuple[np.ndarray, dict]]:
+        """Block ``number`` and its sidecar if the sidecar names this key and rows and the bytes match it."""
+        meta = _read_json(self.sidecar_path(number))
+        if meta is None or (meta.get("key"), meta.get("start"), meta.get("stop")) != (self.key, start, stop):
             return None
         try:
-            block = np.load(path, mmap_mode="r")
+            data = self.block_path(number).read_bytes()
+        except OSError:
+            return None
+        if len(data) != meta.get("bytes") or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            logger.warning("embedding cache block %s fails its checksum; encoding it again", self.block_path(number))
+            return None
+        try:
+            block = np.load(io.BytesIO(data))
         except (ValueError, OSError, EOFError):
             return None
-        if block.ndim != 2 or block.shape[0] != rows or block.dtype != np.float32:
+        if block.ndim != 2 or block.shape[0] != stop - start or block.dtype != np.float32:
             return None
-        return block
+        return block, meta
 
     def build(
         self,
@@ -164,73 +281,108 @@ class CacheEntry:
         """Encode rows [start, stop) block by block with ``encode_rows``, reusing finished blocks.
 
         ``on_block(start, block)`` is called for every block, reused or new, in order (the search streams
-        through it). Returns the number of rows that had to be encoded.
+        through it). The entry is locked for the whole build: a second process building the same entry waits,
+        then reuses the blocks. Returns the number of rows that had to be encoded.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        stale = self._read_manifest()
-        if stale is not None and stale.get("key") != self.key:
-            # A named entry (corpus_cache=...) that now holds another model's or file's vectors: start clean.
-            logger.warning("embedding cache %s was made for other inputs or another model; re-encoding", self.path)
-            shutil.rmtree(self.path)
-            self.path.mkdir(parents=True)
-        elif stale is not None:
-            # Same inputs and model, but is_complete() found a damaged block: drop the blocks whose
-            # checksum no longer matches, keep the rest, rewrite the manifest at the end.
-            for number, digest in enumerate(stale.get("block_sha256", [])):
-                path = self.block_path(number)
-                if path.is_file() and sha256_file(path) != digest:
-                    path.unlink()
-            self.manifest_path.unlink()
-        meta_path = self.path / "pending.json"
-        pending = {"key": self.key, "block_size": self.block_size}
-        same_layout = stale is not None and stale.get("key") == self.key and stale.get("block_size") == self.block_size
-        if not same_layout and _read_json(meta_path) != pending:
-            for old in self.path.glob("block_*.npy"):
-                old.unlink()
-            with atomic_write(meta_path) as handle:
-                json.dump(pending, handle)
-        encoded = 0
-        sizes, digests, dim = [], [], None
+        with self._lock(exclusive=True):
+            encoded = self._build_locked(ids, encode_rows, on_block, info)
+        self._evict_siblings()
+        return encoded
+
+    def _build_locked(self, ids, encode_rows, on_block, info) -> int:
+        self.manifest_path.unlink(missing_ok=True)  # unfinished from here until the new manifest is written
+        for leftover in [*(self.path / name for name in LEGACY_FILES), *self.path.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)  # format-1 files; temp files of a killed build (we hold the lock)
+        encoded, metas, dim = 0, [], None
         for number, start in enumerate(range(0, len(ids), self.block_size)):
             stop = min(start + self.block_size, len(ids))
-            block = self._valid_block(number, stop - start)
-            if block is None:
+            found = self._reusable_block(number, start, stop)
+            if found is None:
                 block = np.ascontiguousarray(encode_rows(start, stop), dtype=np.float32)
+                if block.ndim != 2 or block.shape[0] != stop - start:
+                    raise ValueError(f"encode_rows({start}, {stop}) returned shape {block.shape}, "
+                                     f"expected ({stop - start}, dim)")
+                buffer = io.BytesIO()
+                np.save(buffer, block)
+                data = buffer.getvalue()
+                meta = {"key": self.key, "start": start, "stop": stop, "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()}
                 with atomic_write(self.block_path(number), "wb") as handle:
-                    np.save(handle, block)
+                    handle.write(data)
+                with atomic_write(self.sidecar_path(number)) as handle:
+                    json.dump(meta, handle)
                 encoded += stop - start
+            else:
+                block, meta = found
+            metas.append(meta)
             dim = block.shape[1]
             if on_block is not None:
                 on_block(start, block)
-            sizes.append(self.block_path(number).stat().st_size)
-            digests.append(sha256_file(self.block_path(number)))
-        with atomic_write(self.path / "ids.txt") as handle:
-            handle.write("\n".join(ids))
+        for stale in list(self.path.glob("block_*.npy")) + list(self.path.glob("block_*.json")):
+            if int(stale.stem.split("_")[1]) >= len(metas):  # left over from a longer input or smaller blocks
+                stale.unlink(missing_ok=True)
+        ids_data = json.dumps(list(ids)).encode("ascii")  # ASCII escapes: even lone surrogates round-trip
+        with atomic_write(self.ids_path, "wb") as handle:
+            handle.write(ids_data)
         manifest = {"version": FORMAT_VERSION, "key": self.key, "count": len(ids), "dim": dim or 0,
-                    "block_size": self.block_size, "block_bytes": sizes, "block_sha256": digests,
-                    "info": info or {}}
+                    "block_size": self.block_size, "block_bytes": [m["bytes"] for m in metas],
+                    "block_sha256": [m["sha256"] for m in metas], "ids_bytes": len(ids_data),
+                    "ids_sha256": hashlib.sha256(ids_data).hexdigest(), "info": info or {}}
         with atomic_write(self.manifest_path) as handle:
             json.dump(manifest, handle, indent=1)
-        meta_path.unlink(missing_ok=True)
         return encoded
+
+    def _evict_siblings(self) -> None:
+        """Keep at most ``keep`` entries in a named folder: remove the least recently used ones that nobody
+        holds (their lock is taken without waiting), and format-1 files written straight into the folder."""
+        if self.keep <= 0:
+            return
+        parent = self.path.parent
+        others = []
+        for folder in parent.iterdir():
+            try:
+                if folder.is_file() and (folder.name.startswith("block_") or folder.name in ("manifest.json", *LEGACY_FILES)):
+                    folder.unlink()  # format 1 kept a named entry directly in this folder
+                elif folder.is_dir() and folder != self.path:
+                    marker = folder / "manifest.json"
+                    others.append(((marker if marker.exists() else folder).stat().st_mtime_ns, folder))
+            except FileNotFoundError:
+                continue
+        others.sort(reverse=True)
+        for _, folder in others[max(self.keep - 1, 0):]:
+            victim = CacheEntry(path=folder, key="", block_size=self.block_size)
+            with victim._lock(exclusive=True, wait=False) as held:
+                if held:
+                    logger.info("embedding cache: removing %s (keeping the %d most recently used)", folder, self.keep)
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_json(path: Path) -> Optional[dict]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _plain_name(value: str, what: str) -> str:
+    if not value or os.sep in value or (os.altsep and os.altsep in value) or value in (".", ".."):
+        raise ValueError(f"cache {what} {value!r} must be a plain folder name")
+    return value
 
 
 class EmbeddingCache:
-    """The cache folder: maps (input, model) keys to entries. ``name`` overrides the folder name."""
+    """The cache folder: maps (input, model) keys to entries, ``<root>/<key>`` or ``<root>/<name>/<key>``."""
 
-    def __init__(self, root: str | Path, block_size: int = 16_384) -> None:
+    def __init__(self, root: str | Path, block_size: int = 16_384, keep_per_name: int = 3) -> None:
         self.root = Path(root)
         self.block_size = block_size
+        self.keep_per_name = keep_per_name
 
     def entry(self, key: str, name: Optional[str] = None) -> CacheEntry:
-        folder = name if name else key
-        if os.sep in folder or folder in ("", ".", ".."):
-            raise ValueError(f"cache name {folder!r} must be a plain folder name")
-        return CacheEntry(path=self.root / folder, key=key, block_size=self.block_size)
+        """The entry for ``key``; a ``name`` groups the entries of one input (at most ``keep_per_name`` kept)."""
+        _plain_name(key, "key")
+        if name:
+            return CacheEntry(path=self.root / _plain_name(name, "name") / key, key=key,
+                              block_size=self.block_size, keep=self.keep_per_name)
+        return CacheEntry(path=self.root / key, key=key, block_size=self.block_size)
