@@ -18,7 +18,6 @@ class SearchArguments:
     topk: int = field(default=1000, metadata={"help": "documents per query"})
     qrels: Optional[str] = field(default=None, metadata={"help": "judgments: also score the run"})
     measures: Optional[list[str]] = field(default=None, metadata={"help": "IR measures (with --qrels)"})
-    chunk_size: int = field(default=40_960, metadata={"help": "corpus vectors per similarity matmul"})
     run_tag: str = field(default="densekit", metadata={"help": "last column of run.trec"})
 
 
@@ -35,7 +34,7 @@ def run(argv) -> int:
         raise ConfigError("--measures needs --qrels (the judgments to score the run against).")
     began = time.perf_counter()
     qrels = read_qrels(args.qrels) if args.qrels else None  # read before the long work: fail early
-    result = search_folders(args.query_embeddings, args.corpus_embeddings, args.topk, chunk_size=args.chunk_size)
+    result = search_folders(args.query_embeddings, args.corpus_embeddings, args.topk)
     if qrels is None:
         out = Path(args.output_dir)
         lines = write_run(out / "run.trec", result.query_ids, result.indices, result.scores, result.doc_ids,

@@ -15,13 +15,7 @@ from transformers import BatchEncoding
 
 from densekit.data.data_args import DataArguments
 from densekit.errors import ConfigError, InputError
-
-_HUGE = 1_000_000  # transformers' sentinel for "this tokenizer knows no limit" is far above this
-
-
-def _default_max_len(tokenizer: Any) -> Optional[int]:
-    limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if isinstance(limit, (int, float)) and 0 < limit < _HUGE else None
+from densekit.modeling.encoding_spec import resolve_max_len, tokenizer_limit
 
 
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_len: Optional[int],
@@ -33,7 +27,7 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_len: Optional[int],
     one token shorter and then ends with ``eos_token_id`` (not added twice when already there).
     """
     if max_len is None:
-        max_len = _default_max_len(tokenizer)
+        max_len = tokenizer_limit(tokenizer)
     eos_id = getattr(tokenizer, "eos_token_id", None)
     if append_eos and eos_id is None:
         raise ConfigError(
@@ -101,8 +95,13 @@ class RetrievalCollator:
 
     Returns ``{"query": BatchEncoding [B, Tq], "passage": BatchEncoding [B*G, Tp], "label": Tensor [B, G]}``
     with only the keys the examples have. Passages of all groups are flattened in order, so query ``i``'s
-    group is rows ``i*G .. i*G+G-1``. ``model_max_length`` is the limit used when ``data_args`` leaves a
-    max length unset (pass ``model.max_length``); otherwise the tokenizer's own limit applies.
+    group is rows ``i*G .. i*G+G-1``.
+
+    Token budgets: ``data_args.query_max_len`` / ``passage_max_len`` when set, else the model's limit.
+    The model's limit is known once the collator is bound to the model it serves (:meth:`bind_model`,
+    which :class:`~densekit.RetrievalTrainer` and :class:`~densekit.RetrievalEvaluator` call), so training,
+    IR metrics and evaluation truncate the same way (:mod:`densekit.modeling.encoding_spec`);
+    ``model_max_length`` gives that limit by hand, and without either the tokenizer's own limit applies.
     """
 
     def __init__(self, data_args: DataArguments, tokenizer: Any, append_eos: bool = False,
@@ -110,8 +109,28 @@ class RetrievalCollator:
         self.data_args = data_args
         self.tokenizer = tokenizer
         self.append_eos = bool(append_eos)
-        self.query_max_len = data_args.query_max_len or model_max_length
-        self.passage_max_len = data_args.passage_max_len or model_max_length
+        self.model_max_length = model_max_length
+        self._model: Any = None
+
+    def bind_model(self, model: Any) -> "RetrievalCollator":
+        """Take unset budgets from ``model`` (its ``max_length``, position limit checks included)."""
+        self._model = model
+        return self
+
+    def max_len(self, kind: str) -> Optional[int]:
+        """The resolved token budget of ``kind`` ("query" or "passage")."""
+        explicit = getattr(self.data_args, f"{kind}_max_len", None)
+        if self._model is not None:
+            return resolve_max_len(kind, explicit, self._model, self.tokenizer)
+        return explicit or self.model_max_length or tokenizer_limit(self.tokenizer)
+
+    @property
+    def query_max_len(self) -> Optional[int]:
+        return self.max_len("query")
+
+    @property
+    def passage_max_len(self) -> Optional[int]:
+        return self.max_len("passage")
 
     def _tokenize(self, texts: list[str], max_len: Optional[int]) -> BatchEncoding:
         return pad_token_lists(self.tokenizer, tokenize_texts(self.tokenizer, texts, max_len, self.append_eos))

@@ -7,40 +7,45 @@ and :mod:`densekit.evaluation.output` (run, metrics and summary files).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
-from densekit.cache import EmbeddingCache, fingerprint
+from densekit import distributed
+from densekit.cache import EmbeddingCache
 from densekit.data.collator import RetrievalCollator
 from densekit.data.data_args import DataArguments
 from densekit.data.datasets import MultiLevelDataset
 from densekit.data.formats import write_qrels
 from densekit.errors import ConfigError
-from densekit.evaluation.embeddings import Embedder, model_fingerprint, tokenizer_fingerprint, weights_fingerprint
+from densekit.evaluation.embeddings import Embedder
 from densekit.evaluation.encoding import encode_texts
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
-from densekit.evaluation.output import check_reporters, report_metrics, write_evaluation
-from densekit import distributed
-from densekit.search.topk import FastResultHeapq, add_corpus_block, merge_topk
+from densekit.evaluation.output import SearchResult, check_reporters, report_metrics, write_evaluation
+from densekit.modeling.encoding_spec import KINDS, EncodingSpec, encoding_spec, model_key
+from densekit.search.topk import ExactSearcher
 
 logger = logging.getLogger(__name__)
 
+SearchOutput = SearchResult  # the name earlier versions returned from search()
+
 
 @dataclass
-class SearchOutput:
-    """Top-k lists of a query set: rows follow ``query_ids``; ``indices`` point into ``doc_ids`` (-1 = none)."""
+class _Side:
+    """One kind's share of a call on this rank: its spec, ids/texts (this rank's rows) and cache name."""
 
-    query_ids: list[str]
-    doc_ids: list[str]
-    scores: np.ndarray
-    indices: np.ndarray
+    spec: EncodingSpec
+    ids: list[str]
+    texts: list[str]
+    rows: range
+    name: Optional[str]
 
 
 class RetrievalEvaluator:
@@ -49,6 +54,12 @@ class RetrievalEvaluator:
     Args mirror ``transformers.Trainer``: ``args`` (:class:`EvaluationArguments`), ``model``
     (a :class:`densekit.BiEncoderRetriever`), ``tokenizer``, ``data_collator``
     (:class:`densekit.RetrievalCollator`, gives max lengths and eos handling) and ``eval_dataset``.
+
+    How texts become vectors is resolved per call (:meth:`encoding_specs`): the token budgets of the
+    dataset being evaluated (its DataArguments, else the collator's, else the model's limit), the
+    collator's eos handling, the model's formatting and pooling. Cache keys are made from that spec and the
+    model's weights at the moment of use, so evaluating, training a step and evaluating again re-encodes.
+    The model is put on the evaluation device in eval mode for each call and left as it was found.
     """
 
     def __init__(
@@ -71,10 +82,13 @@ class RetrievalEvaluator:
                 "ranks the whole corpus for every judged query (a BinaryDataset only knows sampled groups)."
             )
         self.eval_dataset = eval_dataset
-        self._collator = data_collator
+        self._collator = data_collator.bind_model(model) if data_collator is not None else None
         check_reporters(args.report_to)
         self.device = torch.device(args.device) if hasattr(args, "device") else torch.device("cpu")
-        self._embedder: Optional[Embedder] = None
+        cache = None
+        if args.encoding_cache_dir:
+            cache = EmbeddingCache(args.encoding_cache_dir, block_size=args.encoding_block_size)
+        self.embedder = Embedder(self._encode, model, cache=cache, block_size=args.encoding_block_size)
 
     @property
     def data_collator(self) -> RetrievalCollator:
@@ -83,43 +97,55 @@ class RetrievalEvaluator:
             data_args = self.eval_dataset.data_args if self.eval_dataset is not None else DataArguments()
             self._collator = RetrievalCollator(data_args=data_args, tokenizer=self.tokenizer,
                                                append_eos=getattr(self.model, "append_eos_token", False))
+            self._collator.bind_model(self.model)
         return self._collator
 
     # ----------------------------------------------------------------------------------- encoding
-    def _max_len(self, kind: str) -> Optional[int]:
-        """The token budget of queries or passages: DataArguments' value, else the model's own limit."""
-        name = "query_max_len" if kind == "query" else "passage_max_len"
-        explicit = getattr(self.data_collator.data_args, name, None)
-        limit = getattr(self.model, "max_length", None)
-        config = getattr(getattr(self.model, "encoder", None), "config", None)
-        positions = getattr(config, "max_position_embeddings", None)
-        if explicit and positions and explicit > positions:
-            raise ConfigError(f"{name}={explicit} is longer than the model accepts ({positions} positions); "
-                              f"use at most {positions}.")
-        return explicit or limit
+    def encoding_specs(self, dataset: Optional[MultiLevelDataset] = None) -> dict[str, EncodingSpec]:
+        """How queries and passages of ``dataset`` become vectors.
 
-    def _encode(self, texts, kind: str) -> np.ndarray:
+        Token budgets: the evaluator's own dataset uses the collator's DataArguments (the collator was
+        made for it); another dataset passed to a method brings its own DataArguments. Either way an unset
+        budget falls back to the other, then to the model's own limit. Eos handling is the collator's,
+        formatting and pooling the model's.
+        """
+        collator = self.data_collator
+        own = dataset is None or dataset is self.eval_dataset
+        sources = [collator.data_args, getattr(dataset, "data_args", None)]
+        if not own:
+            sources.reverse()
+        specs = {}
+        for kind in KINDS:
+            name = f"{kind}_max_len"
+            explicit = next((getattr(s, name) for s in sources if getattr(s, name, None)), None)
+            specs[kind] = encoding_spec(self.model, self.tokenizer, kind, max_len=explicit,
+                                        append_eos=collator.append_eos)
+        return specs
+
+    def _encode(self, texts, spec: EncodingSpec) -> np.ndarray:
         return encode_texts(
-            self.model, self.tokenizer, texts, kind=kind, batch_size=self.args.per_device_eval_batch_size,
-            max_len=self._max_len(kind), append_eos=self.data_collator.append_eos, device=self.device,
-            show_progress=not self.args.disable_tqdm, desc="encoding queries" if kind == "query" else "encoding passages",
+            self.model, self.tokenizer, texts, kind=spec.kind, batch_size=self.args.per_device_eval_batch_size,
+            max_len=spec.max_len, append_eos=spec.append_eos, device=self.device,
+            show_progress=not self.args.disable_tqdm,
+            desc="encoding queries" if spec.kind == "query" else "encoding passages",
         )
 
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self.model.to(self.device).eval()
-            cache = None
-            if self.args.encoding_cache_dir:
-                cache = EmbeddingCache(self.args.encoding_cache_dir, block_size=self.args.encoding_block_size)
-            weights = weights_fingerprint(self.model)
-            append_eos = bool(self.data_collator.append_eos)
-            tokens = tokenizer_fingerprint(self.tokenizer)
-            keys = {kind: fingerprint(tokens, model_fingerprint(self.model, self._max_len(kind), append_eos,
-                                                                weights=weights))
-                    for kind in ("query", "passage")}
-            self._embedder = Embedder(self._encode, keys, cache=cache, block_size=self.args.encoding_block_size)
-        return self._embedder
+    @contextlib.contextmanager
+    def _model_in_eval(self) -> Iterator[None]:
+        """The model on the evaluation device in eval mode for one call; its device and mode come back."""
+        model = self.model
+        was_training = model.training
+        before = next(iter(model.parameters()), None)
+        before = before.device if before is not None else None
+        if before is not None and before != self.device:
+            model.to(self.device)
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+            if before is not None and before != self.device:
+                model.to(before)
 
     def _dataset(self, dataset: Optional[MultiLevelDataset]) -> MultiLevelDataset:
         dataset = dataset if dataset is not None else self.eval_dataset
@@ -129,77 +155,102 @@ class RetrievalEvaluator:
             self.eval_dataset = dataset  # its DataArguments give the default collator's lengths
         return dataset
 
-    def _query_texts(self, dataset: MultiLevelDataset) -> list[str]:
-        return [dataset.formatted_query(q) for q in dataset.query_ids]
+    def _sides(self, dataset: MultiLevelDataset) -> dict[str, _Side]:
+        """This rank's contiguous shard of the queries and of the corpus, with specs and cache names.
 
-    def _corpus_texts(self, dataset: MultiLevelDataset) -> list[str]:
-        return [dataset.formatted_passage(i) for i in range(len(dataset.corpus))]
+        ``encode()`` and ``search()`` both use it, so under torchrun the entries ``encode()`` writes are
+        the ones ``search()`` reads. Entry names carry the shard (``name.rank0of2``), keys the content.
+        """
+        world, me = distributed.world_size(), distributed.rank()
+        specs = self.encoding_specs(dataset)
+        sides = {}
+        for kind, ids, name in (("query", list(dataset.query_ids), dataset.query_cache),
+                                ("passage", list(dataset.corpus.ids), dataset.corpus_cache)):
+            rows = distributed.shard_range(len(ids), me, world)
+            if kind == "query":
+                texts = [dataset.formatted_query(q) for q in ids[rows.start:rows.stop]]
+            else:
+                texts = [dataset.formatted_passage(i) for i in rows]
+            shard_name = name if (not name or world == 1) else f"{name}.rank{me}of{world}"
+            sides[kind] = _Side(specs[kind], ids[rows.start:rows.stop], texts, rows, shard_name)
+        return sides
+
+    def describe_encoding(self, dataset: Optional[MultiLevelDataset] = None) -> dict[str, Any]:
+        """The resolved encoding as reports print it: budgets, eos, pooling, and the model keys now."""
+        specs = self.encoding_specs(self._dataset(dataset))
+        weights = self.embedder.weights()
+        out: dict[str, Any] = {}
+        for kind, spec in specs.items():
+            for field_name, value in spec.describe().items():
+                out[f"{kind}_{field_name}"] = value
+            if weights is not None:
+                out[f"{kind}_model_key"] = model_key(spec, self.model, weights)
+        return out
 
     def encode(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, int]:
-        """Encode the dataset's judged queries and its corpus into ``encoding_cache_dir`` and stop there."""
+        """Encode the dataset's judged queries and its corpus into ``encoding_cache_dir`` and stop there.
+
+        Under ``torch.distributed`` each rank encodes its shard, into the entries :meth:`search` reuses.
+        """
         if not self.args.encoding_cache_dir:
             raise ConfigError("encode() keeps embeddings in the cache: set EvaluationArguments.encoding_cache_dir.")
         dataset = self._dataset(eval_dataset)
         start = self.embedder.rows_encoded
-        self.embedder.embed(dataset.query_ids, self._query_texts(dataset), "query", name=dataset.query_cache)
-        self.embedder.embed(list(dataset.corpus.ids), self._corpus_texts(dataset), "passage",
-                            name=dataset.corpus_cache)
+        with self._model_in_eval():
+            weights = self.embedder.weights()
+            for side in self._sides(dataset).values():
+                if side.ids:
+                    self.embedder.embed(side.ids, side.texts, side.spec, name=side.name, weights=weights)
         encoded = self.embedder.rows_encoded - start
         print(f"densekit encode: {len(dataset.query_ids)} queries, {len(dataset.corpus)} documents; "
               f"{encoded} texts encoded, the rest reused from {self.args.encoding_cache_dir}")
+        distributed.barrier()
         return {"queries": len(dataset.query_ids), "documents": len(dataset.corpus), "encoded": encoded}
 
     # ------------------------------------------------------------------------------------- search
-    def search(self, eval_dataset: Optional[MultiLevelDataset] = None, topk: Optional[int] = None) -> SearchOutput:
+    def search(self, eval_dataset: Optional[MultiLevelDataset] = None, topk: Optional[int] = None) -> SearchResult:
         """Exact top-k documents for every judged query of the dataset.
 
-        Under ``torch.distributed`` (torchrun, accelerate, deepspeed launchers) each rank encodes its
-        contiguous shard of the queries and of the corpus; the query vectors are all-gathered, each rank
-        searches its corpus shard, and the partial top-k lists are merged exactly (ties to the lower
-        corpus index, as in one process). With ``broadcast_output=False`` only rank 0 receives the result
-        (other ranks get ``None``). Cache entries are per shard, so they are reused by runs with the same
-        number of processes.
+        One search path for everything (:class:`densekit.search.ExactSearcher`, the kernel the benchmarks
+        measure): corpus blocks are scored as they are encoded or read from the cache, so memory stays
+        bounded by a block. Under ``torch.distributed`` (torchrun, accelerate, deepspeed launchers) each
+        rank encodes its contiguous shard of the queries and of the corpus; the query vectors are
+        all-gathered as tensors, each rank searches its corpus shard, and the partial top-k lists are merged
+        exactly (ties to the lower corpus index, as in one process). With ``broadcast_output=False`` only
+        rank 0 receives the result (other ranks get ``None``). Cache entries are per shard, so they are
+        reused by runs with the same number of processes.
         """
         dataset = self._dataset(eval_dataset)
         topk = topk or self.args.search_topk
-        world, me = distributed.world_size(), distributed.rank()
-        query_ids, query_texts = list(dataset.query_ids), self._query_texts(dataset)
-        doc_ids, corpus_texts = list(dataset.corpus.ids), self._corpus_texts(dataset)
-        q_rows = distributed.shard_range(len(query_ids), me, world)
-        c_rows = distributed.shard_range(len(doc_ids), me, world)
-        shard_name = (lambda name: name and (name if world == 1 else f"{name}.rank{me}of{world}"))
-        query_embs = None
-        if len(q_rows):  # more ranks than queries leaves some ranks without a query shard
-            query_embs = np.asarray(self.embedder.embed(
-                query_ids[q_rows.start:q_rows.stop], query_texts[q_rows.start:q_rows.stop], "query",
-                name=shard_name(dataset.query_cache)), dtype=np.float32)
-        if world > 1:
-            query_embs = np.concatenate([p for p in distributed.all_gather_objects(query_embs) if p is not None])
-        queries = torch.tensor(query_embs, device=self.device)  # a copy: cache blocks are read-only
-        heap = FastResultHeapq(topk=topk, device=self.device)
-        chunk = self.args.per_device_matmul_batch_size
+        query_ids, doc_ids = list(dataset.query_ids), list(dataset.corpus.ids)
+        with self._model_in_eval():
+            weights = self.embedder.weights()
+            sides = self._sides(dataset)
+            queries, corpus = sides["query"], sides["passage"]
+            query_embs = None
+            if queries.ids:  # more ranks than queries leaves some ranks without a query shard
+                query_embs = np.asarray(self.embedder.embed(queries.ids, queries.texts, queries.spec,
+                                                            name=queries.name, weights=weights), dtype=np.float32)
+            if distributed.is_distributed():
+                query_embs = distributed.all_gather_rows(query_embs)
+            with ExactSearcher(query_embs, topk, device=self.device) as searcher:
+                if corpus.ids:
+                    def add(start: int, block: np.ndarray) -> None:
+                        searcher.add(corpus.rows.start + start, block)
 
-        def score_block(start: int, block: np.ndarray) -> None:
-            add_corpus_block(heap, queries, block, c_rows.start + start, chunk)
-
-        shard_ids, shard_texts = doc_ids[c_rows.start:c_rows.stop], corpus_texts[c_rows.start:c_rows.stop]
-        name = shard_name(dataset.corpus_cache)
-        if not shard_ids:
-            scores = torch.full((len(query_ids), topk), float("-inf"))
-            indices = torch.full((len(query_ids), topk), -1, dtype=torch.int64)
-        else:
-            if self.args.precompute_corpus_embs:
-                score_block(0, self.embedder.embed(shard_ids, shard_texts, "passage", name=name))
-            else:
-                self.embedder.embed(shard_ids, shard_texts, "passage", name=name, on_block=score_block)
-            scores, indices = heap.results()
-        scores, indices = scores.cpu().numpy(), indices.cpu().numpy()
-        if world > 1:
-            parts = distributed.all_gather_objects((scores, indices), to_all=self.args.broadcast_output)
-            if parts is None:
+                    if self.args.precompute_corpus_embs:
+                        add(0, self.embedder.embed(corpus.ids, corpus.texts, corpus.spec, name=corpus.name,
+                                                   weights=weights))
+                    else:
+                        self.embedder.embed(corpus.ids, corpus.texts, corpus.spec, name=corpus.name,
+                                            on_block=add, weights=weights)
+                scores, indices = searcher.results()
+        if distributed.is_distributed():
+            merged = distributed.merge_topk_across_ranks(scores, indices, topk, to_all=self.args.broadcast_output)
+            if merged is None:
                 return None
-            scores, indices = merge_topk(parts, topk=topk)
-        return SearchOutput(query_ids=query_ids, doc_ids=doc_ids, scores=scores, indices=indices)
+            scores, indices = merged
+        return SearchResult(query_ids=query_ids, doc_ids=doc_ids, scores=scores, indices=indices)
 
     # --------------------------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, float]:
@@ -223,7 +274,8 @@ class RetrievalEvaluator:
                              seconds=time.perf_counter() - began,
                              settings={"search_topk": self.args.search_topk, "num_queries": len(result.query_ids),
                                        "num_documents": len(result.doc_ids),
-                                       "processes": distributed.world_size()})
+                                       "processes": distributed.world_size(),
+                                       **self.describe_encoding(dataset)})
             report_metrics(self.args.report_to, metrics.aggregate)
         distributed.barrier()
         return dict(metrics.aggregate)

@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from densekit.data.formats import write_run
 from densekit.files import atomic_write
+
+
+@dataclass
+class SearchResult:
+    """Top-k lists of a query set: rows follow ``query_ids``; ``indices`` point into ``doc_ids`` (-1 = none)."""
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    scores: np.ndarray
+    indices: np.ndarray
 
 
 def summary_line(aggregate: dict[str, float], num_queries: int, num_documents: int, seconds: float) -> str:
@@ -24,7 +37,7 @@ def markdown_report(aggregate: dict[str, float], settings: dict[str, Any]) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_evaluation(output_dir: Path, result, metrics, *, tag: str, seconds: float,
+def write_evaluation(output_dir: Path, result: SearchResult, metrics, *, tag: str, seconds: float,
                      settings: dict[str, Any]) -> str:
     """Write run.trec, metrics.json and report.md into ``output_dir``; print and return the summary line."""
     output_dir.mkdir(parents=True, exist_ok=True)
