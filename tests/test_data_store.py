@@ -27,7 +27,6 @@ def test_store_accessors_keep_file_order():
     assert store.index_of("a") == 1 and "c" in store and "z" not in store and 3 not in store
     assert store.get("c") == {"_id": "c", "title": "Sea", "text": "wave wave"}
     assert store.texts([2, 0]) == ["wave wave", "buzz"] and store.titles(np.array([1, 0])) == ["", "Bee"]
-    assert store.lengths().tolist() == [7, 5, 12] and store.lengths().dtype == np.int64
 
 
 def test_indices_of_is_vectorized_and_names_first_unknown_id():
@@ -143,3 +142,15 @@ def test_lookup_without_arrow_search_sorted_gives_the_same_rows(monkeypatch):
     monkeypatch.delattr(pc, "search_sorted")
     assert TextStore.from_records(RECORDS).lookup(["c", "x"]).tolist() == [2, -1]
     assert store.lookup(["id7", "nope", "id99", "id10"]).tolist() == expected == [7, -1, 99, 10]
+
+
+def test_from_file_cache_follows_a_same_size_edit_with_the_mtime_restored(tmp_path):
+    source = write_jsonl(tmp_path / "corpus.jsonl", RECORDS)
+    cache = tmp_path / "cache"
+    before = source.stat()
+    assert TextStore.from_file(source, kind="corpus", cache_dir=cache).get("a")["text"] == "apple"
+    source.write_text(source.read_text(encoding="utf-8").replace("apple", "mango"), encoding="utf-8")
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))  # what cp -p, rsync -t and tar do
+    assert source.stat().st_size == before.st_size and source.stat().st_mtime_ns == before.st_mtime_ns
+    assert TextStore.from_file(source, kind="corpus", cache_dir=cache).get("a")["text"] == "mango"
+    assert [p.name for p in cache.iterdir()] == [cache_path(source, "corpus", cache).name]  # stale copy removed

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from densekit.data.formats.collection import Collection
 from densekit.data.formats.lines import numbered_lines
 from densekit.data.store import TextStore
+from densekit.data.store import check_id as store_check_id  # tevatron's check_id adds the type check
 from densekit.errors import InputError
 from densekit.files import atomic_write
 
@@ -39,10 +40,11 @@ def iter_json_lines(path: PathLike, what: str = "tevatron") -> Iterator[tuple[in
 
 
 def check_id(value: Any, what: str, path, lineno) -> str:
+    """The id as a string; not a string or number, empty, or with whitespace is an InputError (see store.check_id)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         raise InputError(f"{what} must be a non-empty string, got {value!r}.", path=path, line=lineno,
                          fix=f"give every query and passage an id, e.g. {EXAMPLE}.")
-    return str(value)
+    return store_check_id(str(value), path, lineno, what)
 
 
 def _score(value: Any, default: float, path, lineno) -> float:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from densekit.data.formats.lines import numbered_lines
-from densekit.data.store import TextStore
+from densekit.data.store import TextStore, check_id
 from densekit.errors import ConfigError, InputError
 from densekit.files import atomic_write
 
@@ -52,6 +52,11 @@ def _qrel_lines(path: PathLike) -> Iterable[tuple[int, str, str, Union[int, floa
     ncols = None
     for lineno, line in numbered_lines(path, "qrels"):
         fields = line.split()
+        tab_fields = line.split("\t")
+        if len(tab_fields) in (3, 4) and len(fields) != len(tab_fields):  # an id with a space, in a TSV line
+            for value, what in zip(tab_fields, ("query id", "document id") if len(tab_fields) == 3 else
+                                   ("query id", "iteration", "document id")):
+                check_id(value.strip(), path, lineno, what)
         if ncols is None:
             if len(fields) in (3, 4) and all(_HEADER_WORD.match(f) for f in fields):
                 continue  # header such as "query-id corpus-id score" (ids have digits, names do not)
