@@ -1,4 +1,4 @@
-"""Crash-safe file writing and transparent reading of plain or gzip-compressed text.
+"""Crash-safe file writing, and JSON reading with errors that name file and line.
 
 Everything densekit writes goes through :func:`atomic_write`: the content lands in a temporary file in
 the destination folder and is renamed into place only once complete, so an interrupted run never leaves
@@ -7,7 +7,6 @@ a half-written file that a later run would trust.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import tempfile
@@ -42,14 +41,6 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def open_text(path: str | Path) -> IO[str]:
-    """Open a UTF-8 text file for reading, decompressing it when the name ends in ``.gz``."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, "r", encoding="utf-8", newline="")
 
 
 def read_json(path: str | Path, fix: str) -> Any:
