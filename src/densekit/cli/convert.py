@@ -57,10 +57,24 @@ class ConvertArguments:
         if self.input_format == "tsv" and not (self.query_path and self.qrel_path):
             raise ConfigError("--input_format tsv reads --input as the corpus TSV and needs --query_path and "
                               "--qrel_path too.")
+        self._check_output()
         for template, names, which in ((self.doc_template, self.doc_column_names, "doc"),
                                        (self.query_template, self.query_column_names, "query")):
             if bool(template) != bool(names):
                 raise ConfigError(f"--{which}_template and --{which}_column_names go together.")
+
+
+    def _check_output(self) -> None:
+        """``--output`` must be what the format writes (a file, or a BEIR folder), checked before reading."""
+        output = Path(self.output)
+        if self.output_format == "beir":
+            if output.exists() and not output.is_dir():
+                raise ConfigError(f"--output {self.output} is an existing file; --output_format beir writes a "
+                                  "folder (corpus.jsonl, queries.jsonl, qrels/): give a folder path.")
+        elif output.is_dir():
+            example = "train.jsonl" if self.output_format == "tevatron" else "qrels.trec"
+            raise ConfigError(f"--output {self.output} is an existing folder; --output_format "
+                              f"{self.output_format} writes one file: give a file path, e.g. {output / example}.")
 
 
 def _tsv_store(path: str, template: Optional[str], columns: Optional[str], kind):

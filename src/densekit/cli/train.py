@@ -30,7 +30,8 @@ class TrainDataArguments(DatasetArguments):
     split: str = field(default="train", metadata={"help": "qrels split inside the BEIR folder"})
     negative_qrel_path: Optional[list[str]] = field(
         default=None, metadata={"help": "qrel file(s) whose documents are hard negatives (e.g. mined ones); "
-                                        "without it negatives are drawn at random from the corpus"})
+                                        "without it negatives are drawn at random from the corpus, distinct "
+                                        "and never a positive (so --short_negatives does not apply)"})
     min_positive_score: float = field(default=1.0, metadata={"help": "judgments >= this are positives"})
 
 

@@ -177,8 +177,10 @@ class BinaryDataset(torch.utils.data.Dataset):
     warnings report what is left out or filled: queries with negatives but no positive (skipped), queries
     with no negative at all while group_size > 1 (skipped), and queries with fewer than group_size - 1
     negatives: with ``short_negatives="sample_with_replacement"`` (default) such a query uses each of its
-    negatives once and draws the rest with replacement; with ``"skip"`` it is left out. A document that is
-    both positive and negative for a query counts as a positive only.
+    negatives once and draws the rest with replacement; with ``"skip"`` it is left out. These counts and
+    ``short_negatives`` concern judged negatives only: random corpus negatives (``negative_configs=None``)
+    are never short nor repeated, so every query with a positive is kept. A document that is both positive
+    and negative for a query counts as a positive only.
 
     Judgments are held as int64 row numbers into the memory-mapped corpus (offsets per query), not as
     dictionaries of strings, so 500,000 judgments cost a few megabytes once the dataset is built.
@@ -230,11 +232,11 @@ class BinaryDataset(torch.utils.data.Dataset):
                 continue
             neg = sorted(d for d in negatives.get(qid, {}) if d not in pos)
             if self.random_negatives:
-                pass  # drawn from the corpus in group_rows
+                pass  # drawn from the corpus in group_rows, all distinct: never short, short_negatives moot
             elif wanted > 0 and not neg:
                 self.skipped["no_negative"] += 1
                 continue
-            if len(neg) < wanted:
+            elif len(neg) < wanted:
                 if skip_short:
                     self.skipped["short_negatives"] += 1
                     continue

@@ -11,6 +11,7 @@ chunk larger than the batch fails at start-up, not after the first epoch's data 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, get_args
 
@@ -71,6 +72,7 @@ class RetrievalTrainingArguments(TrainingArguments):
         if self.remove_unused_columns:
             raise ConfigError("remove_unused_columns=True would strip the query/passage/label columns the "
                               "retriever reads; leave it False.")
+        self._check_schedule()
         for name in ("query_chunk_size", "passage_chunk_size", "grad_cache_workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
@@ -92,6 +94,24 @@ class RetrievalTrainingArguments(TrainingArguments):
             if self.bf16 and not self.use_cpu:
                 self.use_cpu = True  # transformers refuses bf16 without a GPU unless told to run on CPU
         super().__post_init__()
+
+    def _check_schedule(self) -> None:
+        """Refuse a run that would train nothing or diverge at once, before the model loads.
+
+        ``num_train_epochs=0`` (without ``max_steps``) otherwise ends at once with "loss 0.0000" and saves
+        the untrained model as if trained; a negative learning rate is torch's traceback after the output
+        folder was made; a batch size of 0 fails in the data loader.
+        """
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ConfigError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}.")
+        if self.max_steps is None or self.max_steps <= 0:
+            if not math.isfinite(self.num_train_epochs) or self.num_train_epochs <= 0:
+                raise ConfigError(f"num_train_epochs={self.num_train_epochs!r} trains for no step; give "
+                                  "num_train_epochs > 0, or max_steps > 0 (which then decides the length).")
 
     def check_group_size(self, group_size: int) -> None:
         """Refuse a passage chunk larger than the per-device passages (batch x group size)."""

@@ -76,6 +76,38 @@ def _model_length_limit(model_dir: str, config: Any) -> Optional[int]:
     return min(limits) if limits else None
 
 
+def check_model_folder(path: str | Path) -> None:
+    """Refuse a local model folder ``AutoModel`` cannot load, naming the folder and what is missing.
+
+    transformers reports these cases as a ValueError or OSError from deep inside its loading code; here
+    they fail before anything is loaded. A name that is not an existing path (a hub id the offline cache
+    may resolve) and a folder of LoRA adapters (``adapter_config.json``, loaded through peft) are left to
+    the loader.
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        if folder.is_absolute() or str(path).startswith((".", "~")) or len(folder.parts) > 2:
+            raise ConfigError(f"model folder {str(path)!r} does not exist; model_name_or_path must be a local "
+                              "checkpoint directory (Hugging Face or sentence-transformers layout).")
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{str(path)!r} is a file; model_name_or_path must be a checkpoint folder.")
+    if (folder / "adapter_config.json").is_file():
+        return
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model folder {str(path)!r} has no config.json"
+                          f"{' (the folder is empty)' if not any(folder.iterdir()) else ''}; it needs the Hugging "
+                          "Face files (config.json, weights, tokenizer) at its top level.")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{config_file}: not valid JSON ({err}); the model folder's config.json is damaged.")
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ConfigError(f"{config_file} has no \"model_type\" (e.g. \"bert\"), so transformers cannot tell which "
+                          "architecture to load; add it, or re-save the model with save_pretrained.")
+
+
 class DefaultEncoder(PretrainedEncoder):
     """Wrap ``transformers.AutoModel`` with cls / mean / last_token pooling and optional L2 normalization.
 
@@ -92,6 +124,7 @@ class DefaultEncoder(PretrainedEncoder):
         path = args.model_name_or_path
         if not path:
             raise ConfigError("model_name_or_path is required to load an encoder; pass a checkpoint directory.")
+        check_model_folder(path)
         defaults = read_st_defaults(path)
         pooling = args.pooling or defaults.pooling or "mean"
         if pooling not in POOLING_CHOICES:
@@ -111,7 +144,7 @@ class DefaultEncoder(PretrainedEncoder):
             from transformers import AutoModel
 
             self.model = AutoModel.from_pretrained(path, **load_kwargs)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # missing files; unknown model_type, bad config values
             raise ConfigError(
                 f"cannot load a model from {path!r}: {err}. densekit does not download models at run time; "
                 "pass a local checkpoint directory (Hugging Face or sentence-transformers layout)."
