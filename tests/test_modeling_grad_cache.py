@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModel
 
 from densekit.errors import ConfigError
-from densekit.modeling.grad_cache import RandState, grad_cache_step, make_grad_scaler, split_rows
+from densekit.modeling.grad_cache import RandState, grad_cache_step, split_rows
 from densekit.modeling.losses import InfoNCELoss, KLDistillationLoss
 
 Q, G = 5, 3                      # 5 queries, groups of 3 -> 15 passages
@@ -169,12 +169,6 @@ def test_bf16_autocast_on_cpu_matches_reference_under_the_same_autocast(tiny_dro
     reference_step(encode, queries, passages, loss_fn, Q_CHUNK, P_CHUNK, autocast_dtype=torch.bfloat16)
     reference = grads_of(model)
     assert_grads_close(cached, reference)
-
-
-def test_make_grad_scaler_gives_a_scaler_only_for_fp16_on_cuda():
-    assert make_grad_scaler("cpu", torch.bfloat16) is None
-    assert make_grad_scaler("cpu", torch.float16) is None
-    assert make_grad_scaler("cuda", torch.bfloat16) is None
 
 
 class CountingNoSync(torch.nn.Module):

@@ -15,6 +15,10 @@ Every row is computed by the unmodified HF forward (same weights, same kernels),
 right-trimmed batch, so results equal the normal path to float rounding (~1e-7). Nothing is converted or
 cached, so weights can never be stale after training steps. Left-padded batches are chunked but not
 trimmed (trimming would shift their positions).
+
+This module also holds :func:`cpu_tricks_apply`, the one place that decides whether densekit's CPU-only
+speed-ups are used for a model (this forward, seeded dropout, the gradient cache's CPU workers): they are
+measured wins on CPU cores and would be losses on a GPU, where torch's fused kernels are faster.
 """
 from __future__ import annotations
 
@@ -35,6 +39,26 @@ ROWS_PER_CHUNK = 16
 
 Reduce = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+
+def model_device_types(model: torch.nn.Module) -> set[str]:
+    """The device types (``cpu``, ``cuda``, ``meta`` ...) of ``model``'s parameters."""
+    return {parameter.device.type for parameter in model.parameters()}
+
+
+def cpu_tricks_apply(model: torch.nn.Module) -> bool:
+    """Whether densekit's CPU-only speed-ups are for ``model``: True when all its parameters are on the CPU.
+
+    The speed-ups: seeded dropout (masks from a numba kernel on the CPU, and explicit attention softmax
+    instead of fused SDPA when attention dropout is seeded), the gradient cache's chunks on CPU worker
+    threads, and the chunked parallel forward of this module. On a GPU each would be slower than what
+    torch does there (masks made on the CPU and copied over, SDPA's fused kernels lost, threads queueing
+    on one device), so callers keep torch's dropout, SDPA attention, and one chunk at a time. Decided from
+    where the model *is* when it runs, since trainers move models after they are built. The one place
+    this is decided: the trainer, the gradient cache and fast inference all ask here.
+    """
+    return model_device_types(model) == {"cpu"}
+
+
 def _is_right_padded(attention_mask: torch.Tensor, lengths: torch.Tensor) -> bool:
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
     return bool(torch.equal(attention_mask.bool(), positions.unsqueeze(0) < lengths.unsqueeze(1)))
@@ -47,7 +71,7 @@ class ChunkedParallelForward:
     turns a chunk's last hidden states into embeddings (pooling and normalization); extra inputs such
     as ``token_type_ids`` must be ``[B, T]`` tensors and are split the same way. Returns ``[B, d]`` in the
     batch's row order. Falls back to one plain forward when splitting cannot help or might not be exact
-    (one intra-op thread, one row, a non-CPU device, autocast on, extra inputs of other shapes).
+    (one intra-op thread, one row, inputs or model not on the CPU, autocast on, extra inputs of other shapes).
     """
 
     def __init__(self, model: torch.nn.Module, rows_per_chunk: int = ROWS_PER_CHUNK) -> None:
@@ -61,7 +85,7 @@ class ChunkedParallelForward:
     def _splittable(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> bool:
         return (
             input_ids.dim() == 2 and input_ids.size(0) > 1 and input_ids.device.type == "cpu"
-            and torch.get_num_threads() > 1 and not torch.is_autocast_enabled("cpu")
+            and cpu_tricks_apply(self.model) and torch.get_num_threads() > 1 and not torch.is_autocast_enabled("cpu")
             and all(isinstance(v, torch.Tensor) and v.shape == input_ids.shape for v in inputs.values())
         )
 
@@ -94,9 +118,10 @@ class ChunkedParallelForward:
 
 
 def accelerate_for_inference(hf_model: torch.nn.Module) -> Optional[ChunkedParallelForward]:
-    """The fast inference callable for ``hf_model``, or ``None`` when its architecture is not supported
-    (then the caller runs the model as usual). Use only for inference: the chunks run without autograd."""
+    """The fast inference callable for ``hf_model``, or ``None`` when its architecture is not supported or it
+    is not on the CPU (:func:`cpu_tricks_apply`; then the caller runs the model as usual). Use only for
+    inference: the chunks run without autograd."""
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in SUPPORTED_MODEL_TYPES or not cpu_tricks_apply(hf_model):
         return None
     return ChunkedParallelForward(hf_model)

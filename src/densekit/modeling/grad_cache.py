@@ -6,9 +6,10 @@ keeps the activations of the whole batch alive. The loss, however, only sees the
 ``grad_cache_step`` therefore splits back-propagation in two:
 
 1. encode every chunk of queries and passages **without** autograd, with dropout masks that can be
-   drawn again: either every row gets its own dropout seed (models prepared by
+   drawn again: either every row gets its own dropout seed (models on the CPU prepared by
    :func:`densekit.modeling.seeded_dropout.make_seedable`, BERT-family encoders), or torch's RNG state
-   (CPU and every CUDA device) is saved before each chunk and replayed (any model);
+   (the CPU's and that of each CUDA device the step uses) is saved before each chunk and replayed (any
+   model, and every model on a GPU: :func:`densekit.modeling.fast_inference.cpu_tricks_apply`);
 2. compute the loss on the concatenated representations, held as leaf tensors, and back-propagate only
    to them: ``g = d loss / d reps`` (the cache; with a GradScaler the loss is scaled here);
 3. for each chunk: encode it again **with** autograd and the same masks and back-propagate ``g_chunk``,
@@ -37,7 +38,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ import torch
 from densekit.errors import ConfigError
 from densekit.modeling import seeded_dropout
 from densekit.modeling.cpu_workers import map_on_workers
+from densekit.modeling.fast_inference import cpu_tricks_apply
 
 EncodeFn = Callable[[dict[str, Any]], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,35 +81,39 @@ def split_rows(inputs: Mapping[str, Any], chunk_size: int | None) -> list[dict[s
 
 
 class RandState:
-    """The RNG state of the CPU and of every CUDA device, captured when the object is made.
+    """The RNG state of the CPU and of the given CUDA devices, captured when the object is made.
 
     ``with state.replay(): ...`` runs the block from that state (same dropout masks as the first
     time), and afterwards puts back whatever state was current, so replaying never disturbs the
-    random stream of the rest of training. Unlike GradCache's functional ``RandContext``, the CUDA
-    states are restored as well, so dropout on GPU replays exactly too.
+    random stream of the rest of training. Like GradCache's ``RandContext``, only the devices the step
+    uses are captured (touching every visible GPU would create a CUDA context on each, from every
+    process); unlike it, their states are restored after the block too. ``cuda_devices=None``: the
+    current CUDA device, if CUDA is available.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cuda_devices: Sequence[int] | None = None) -> None:
+        if cuda_devices is None:
+            cuda_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        self.devices = sorted(set(cuda_devices))
         self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        self.cuda = [torch.cuda.get_rng_state(device) for device in self.devices]
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
-        with torch.random.fork_rng(devices=list(range(len(self.cuda)))):
+        with torch.random.fork_rng(devices=self.devices):
             torch.set_rng_state(self.cpu)
-            if self.cuda:
-                torch.cuda.set_rng_state_all(self.cuda)
+            for device, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, device)
             yield
 
 
-def make_grad_scaler(device_type: str, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
-    """A GradScaler only where it is needed and works: fp16 autocast on CUDA. Otherwise ``None``.
-
-    bf16 has fp32's exponent range and needs no loss scaling; CPU runs therefore get no scaler.
-    """
-    if device_type == "cuda" and dtype == torch.float16:
-        return torch.amp.GradScaler("cuda")
-    return None
+def _cuda_devices(model: torch.nn.Module | None, *inputs: Mapping[str, Any]) -> list[int]:
+    """Indices of the CUDA devices a step runs on: those of the model's parameters and of the inputs."""
+    tensors = [value for batch in inputs for value in batch.values() if isinstance(value, torch.Tensor)]
+    if model is not None:
+        tensors.extend(model.parameters())
+    found = {tensor.device.index for tensor in tensors if tensor.device.type == "cuda"}
+    return sorted(torch.cuda.current_device() if index is None else index for index in found)
 
 
 def _first_device_type(inputs: Mapping[str, Any]) -> str:
@@ -163,19 +169,19 @@ def _rows(inputs: Mapping[str, Any]) -> int:
 MIN_PART_ROWS = 8
 
 
-def _worker_count(workers: int | None, seeded: bool, no_sync: Any, device_type: str, chunk_rows: int) -> int:
+def _worker_count(workers: int | None, seeded: bool, no_sync: Any, on_cpu: bool, chunk_rows: int) -> int:
     """How many parts of a chunk run at once: ``None`` means every torch thread (parts of at least
     ``MIN_PART_ROWS`` rows), where that is possible."""
-    possible = seeded and no_sync is None and device_type == "cpu"
+    possible = on_cpu and seeded and no_sync is None
     if workers is None:
         return max(1, min(torch.get_num_threads(), chunk_rows // MIN_PART_ROWS)) if possible else 1
     if isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"grad cache workers must be >= 1, got {workers!r}")
     if workers > 1 and not possible:
-        why = ("the model's dropout is not seeded: pass model= and call "
-               "densekit.modeling.seeded_dropout.make_seedable(model) first (BERT-family models)") if not seeded \
-            else "DDP/FSDP models (no_sync) run their chunks in turn" if no_sync is not None \
-            else f"chunks run concurrently on CPU only, not on {device_type}"
+        why = ("chunks run concurrently for models on the CPU only (on a GPU they run one after another)"
+               if not on_cpu else "the model's dropout is not seeded: pass model= and call "
+               "densekit.modeling.seeded_dropout.make_seedable(model) first (BERT-family models)" if not seeded
+               else "DDP/FSDP models (no_sync) run their chunks in turn")
         raise ConfigError(f"grad cache workers={workers} is not possible here: {why}; use workers=1.")
     return workers
 
@@ -205,15 +211,16 @@ def grad_cache_step(
             activations are what the step keeps in memory at a time.
         model: the module being trained, holding every parameter ``encode_fn`` uses; if it offers
             ``no_sync()`` (DDP, FSDP) every chunk pass but the last runs inside it, so gradients are
-            all-reduced once. When its dropout is seeded (:func:`~densekit.modeling.seeded_dropout.make_seedable`)
-            every row gets its own dropout seed instead of each chunk a saved generator state.
+            all-reduced once. When it is on the CPU and its dropout is seeded
+            (:func:`~densekit.modeling.seeded_dropout.make_seedable`) every row gets its own dropout seed
+            instead of each chunk a saved generator state (CPU and CUDA).
         scaler: a GradScaler for fp16; the loss is scaled before step 2, so parameter gradients come
             out scaled and ``scaler.step(optimizer)`` unscales them. Disabled scalers are ignored.
         autocast_dtype: run the encoder passes under ``torch.autocast`` with this dtype (bf16 on CPU,
             fp16/bf16 on CUDA). The loss itself is computed on float32 copies of the representations.
         workers: each chunk is split into this many parts, encoded at once, each on its own CPU thread
             with ``torch threads // workers`` intra-op threads (:mod:`densekit.modeling.cpu_workers`);
-            memory stays one chunk. Needs a seeded model on CPU without DDP; ``None`` uses one worker
+            memory stays one chunk. Needs a seeded model on the CPU without DDP; ``None`` uses one worker
             per torch thread (parts of at least ``MIN_PART_ROWS`` rows) when that holds, else 1.
             Part ``i`` of every chunk adds into gradient sum ``i``, and the sums are added in order,
             so the result does not depend on thread timing.
@@ -222,11 +229,13 @@ def grad_cache_step(
         The (unscaled) loss, detached. Parameter ``.grad`` fields hold the accumulated gradient.
     """
     no_sync = getattr(model, "no_sync", None)  # DDP decides at forward time whether a backward syncs
-    seeded = model is not None and seeded_dropout.is_seedable(model)
+    on_cpu = model is not None and cpu_tricks_apply(model)
+    seeded = on_cpu and seeded_dropout.is_seedable(model)
+    cuda_devices = [] if seeded else _cuda_devices(model, queries, passages)
     towers = ((encode_fn, "query", split_rows(queries, query_chunk_size)),
               (passage_encode_fn or encode_fn, "passage", split_rows(passages, passage_chunk_size)))
     chunk_rows = max(_rows(inputs) for _, _, tower_chunks in towers for inputs in tower_chunks)
-    workers = _worker_count(workers, seeded, no_sync, _first_device_type(queries), chunk_rows)
+    workers = _worker_count(workers, seeded, no_sync, on_cpu, chunk_rows)
     threads_per_worker = max(1, torch.get_num_threads() // workers)
     chunks: list[_Chunk] = []
     for encode, tower, tower_chunks in towers:
@@ -253,7 +262,7 @@ def grad_cache_step(
     def first_pass(part: _Part) -> torch.Tensor:
         chunk = part.chunk
         if not seeded and not chunk.keep:
-            chunk.state = RandState()
+            chunk.state = RandState(cuda_devices)
         with autocast(), (part.replay() if seeded else contextlib.nullcontext()):
             if chunk.keep:
                 with sync(False):

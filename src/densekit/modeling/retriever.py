@@ -185,6 +185,52 @@ class BiEncoderRetriever(torch.nn.Module):
         """Write weights (safetensors, Hugging Face layout), the tokenizer if given, and densekit_config.json."""
         self.encoder.save_pretrained(directory, tokenizer=tokenizer, **kwargs)
 
+    def load_checkpoint_weights(self, directory: str | Path) -> None:
+        """Put the weights of a folder written by :meth:`save_pretrained` back into this retriever, in place.
+
+        Why not ``load_state_dict(load_file(...))``, what ``transformers.Trainer`` does to resume: the
+        folder holds the Hugging Face model's names (``embeddings.LayerNorm.bias``), this module's state
+        dict has ``encoder.model.embeddings.LayerNorm.bias``, and a non-strict load of names that do not
+        match keeps the current weights without a word. So the check is strict: every weight of the
+        model must be in the folder with its shape (except weights tied to another one, which Hugging
+        Face does not write), and the folder must hold nothing else; otherwise a ConfigError, and
+        nothing is loaded. LoRA models load their adapters (what ``save_pretrained`` writes for them).
+        Used by ``RetrievalTrainer`` to resume training and to reload the best checkpoint.
+        """
+        directory = Path(directory)
+        model = getattr(self.encoder, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{type(self.encoder).__name__} has no Hugging Face .model; densekit cannot load "
+                              f"checkpoint weights into it from {directory}.")
+        outside = [key for key in self.state_dict() if not key.startswith("encoder.model.")]
+        if outside:  # save_pretrained writes encoder.model only: these would silently stay as they are
+            raise ConfigError(f"the retriever has weights outside its encoder's .model ({', '.join(outside[:5])}), "
+                              f"which checkpoints do not hold; cannot load {directory} into it.")
+        adapters = hasattr(model, "peft_config")
+        if adapters:
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+            current = get_peft_model_state_dict(model)
+        else:
+            current = model.state_dict()
+        saved = _read_safetensors(directory, "adapter_model.safetensors" if adapters else "model.safetensors")
+        tied = set(getattr(model, "all_tied_weights_keys", None) or ()) | \
+            set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+        missing = sorted(set(current) - set(saved) - tied)
+        unexpected = sorted(set(saved) - set(current))
+        shapes = sorted(key for key in set(saved) & set(current) if saved[key].shape != current[key].shape)
+        if missing or unexpected or shapes:
+            raise ConfigError(_mismatch_message(directory, missing, unexpected,
+                                                [f"{k} {tuple(saved[k].shape)} vs {tuple(current[k].shape)}"
+                                                 for k in shapes]))
+        with torch.no_grad():
+            if adapters:
+                set_peft_model_state_dict(model, saved)
+            else:
+                model.load_state_dict(saved, strict=False)  # strict by the check above; tied weights follow
+                if set(current) - set(saved) and hasattr(model, "tie_weights"):
+                    model.tie_weights()
+
     def save_sentence_transformers_config(self, directory: str | Path) -> bool:
         """Add the sentence-transformers files to a folder written by :meth:`save_pretrained`.
 
@@ -232,6 +278,37 @@ class BiEncoderRetriever(torch.nn.Module):
                                                     else "dot"})
         write("modules.json", modules)  # last: a folder with modules.json is complete
         return True
+
+
+# ----------------------------------------------------------------------------------- checkpoint weights
+def _read_safetensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
+    """Every tensor of ``directory/name``, or of the shards its ``name.index.json`` lists, on the CPU."""
+    import json
+
+    from safetensors.torch import load_file
+
+    if (directory / name).is_file():
+        return load_file(directory / name, device="cpu")
+    index = directory / f"{name}.index.json"
+    if not index.is_file():
+        raise ConfigError(f"{directory} has no {name} (nor {index.name}): not a complete densekit checkpoint. "
+                          "Give a checkpoint folder written by densekit train (e.g. output_dir/checkpoint-20).")
+    shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(directory / shard, device="cpu"))
+    return state
+
+
+def _mismatch_message(directory: Path, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = [f"{what}: {some(names)}" for what, names in (("missing", missing), ("unexpected", unexpected),
+                                                           ("other shape", shapes)) if names]
+    return (f"the weights in {directory} do not match the model ({'; '.join(parts)}); nothing was loaded. "
+            "Resume from a checkpoint of the same model (same --model_name_or_path, LoRA settings and "
+            "encoder_class).")
 
 
 # --------------------------------------------------------------------------- LoRA and quantization

@@ -228,6 +228,21 @@ def is_seedable(model: torch.nn.Module) -> bool:
     return supported
 
 
+def restore_torch_dropout(model: torch.nn.Module) -> None:
+    """Undo :func:`make_seedable`: ``nn.Dropout`` modules and SDPA attention again. Idempotent.
+
+    For a model that left the CPU (see :func:`densekit.modeling.fast_inference.cpu_tricks_apply`): seeded
+    masks are computed on the CPU, and the seeded attention gives up SDPA's fused kernel, so on a GPU
+    torch's own dropout and attention are kept.
+    """
+    for module in model.modules():
+        if type(module) is SeededDropout:
+            module.__class__ = torch.nn.Dropout
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", None) == ATTENTION_NAME:
+            config._attn_implementation = "sdpa"
+
+
 def make_seedable(model: torch.nn.Module) -> bool:
     """Prepare ``model`` so that ``seeded`` blocks control all of its dropout; returns :func:`is_seedable`.
 
@@ -236,7 +251,8 @@ def make_seedable(model: torch.nn.Module) -> bool:
     ``_seeded_attention`` (same outputs outside a block). Other architectures, and attention
     implementations other than ``sdpa`` (``eager`` chosen for ``output_attentions``, flash kernels), keep
     their attention and report ``False`` when it has dropout; the gradient cache then replays torch's
-    generator state instead. Idempotent.
+    generator state instead. Idempotent; :func:`restore_torch_dropout` undoes it. Meant for models on the
+    CPU: the trainer calls it only there.
     """
     for module in model.modules():
         if type(module) is torch.nn.Dropout:

@@ -10,16 +10,25 @@ tokenizer=..., data_collator=..., train_dataset=...).train()``). What it changes
   :func:`densekit.modeling.grad_cache.grad_cache_step` with the retriever's own encode and loss
   functions, so the batch can be far larger than memory; gradient accumulation, bf16/fp16 autocast and
   fp16 loss scaling behave as in a normal step.
-* **dropout**: BERT-family encoders get seeded dropout (:mod:`densekit.modeling.seeded_dropout`): masks
-  from a fused hash instead of torch's generator, cheaper in every training step, and per row in
-  gradient-cached steps, whose chunks then run on all CPU cores at once. Outside training, and with
-  gradient checkpointing, the model's dropout is torch's as before.
+* **dropout**: on the CPU, BERT-family encoders get seeded dropout (:mod:`densekit.modeling.seeded_dropout`):
+  masks from a fused hash instead of torch's generator, cheaper in every training step, and per row in
+  gradient-cached steps, whose chunks then run on all CPU cores at once. This is decided at every step by
+  where the parameters are (:func:`densekit.modeling.fast_inference.cpu_tricks_apply`): on a GPU the
+  model keeps torch's dropout and fused SDPA attention, and the gradient cache replays torch's CPU and
+  CUDA generator states instead. Outside training, and with gradient checkpointing, the model's dropout
+  is torch's as before.
 * **eval**: ``prediction_step`` returns ``(loss, scores [B, G], label [B, G])``: each query scored
   against its own group, what :class:`~densekit.training.ir_metrics.IRMetrics` ranks.
 * **saving**: checkpoints are written by ``BiEncoderRetriever.save_pretrained`` (safetensors, the
   Hugging Face layout, ``densekit_config.json``, the tokenizer), plus the sentence-transformers files
   when the pooling allows, so both ``BiEncoderRetriever.from_pretrained(dir)`` and
   ``SentenceTransformer(dir)`` load the trained model.
+* **resuming** (``train(resume_from_checkpoint=...)``): the retriever's weights are read back from the
+  checkpoint folder by :meth:`BiEncoderRetriever.load_checkpoint_weights` (strict: a checkpoint of another
+  model is a ConfigError, never a partial load); optimizer, scheduler, RNG states and the data position are
+  restored by ``transformers.Trainer``, so the run continues as if it had not stopped. ``True`` (or the
+  string ``"true"``, as the command line gives it) means the latest *complete* checkpoint in ``output_dir``:
+  one killed while being written is skipped.
 * **epochs**: a dataset with ``set_epoch`` is told the epoch when each one starts, so seeded sampling
   (negatives, random group selection) changes from epoch to epoch and is reproducible.
 * ``tokenizer=`` is accepted and passed on as ``processing_class`` (transformers 5 renamed it).
@@ -27,9 +36,11 @@ tokenizer=..., data_collator=..., train_dataset=...).train()``). What it changes
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from typing import Any, Optional
+import re
+from typing import Any, Optional, Union
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -38,13 +49,16 @@ from densekit import distributed
 from densekit.errors import ConfigError, InputError
 from densekit.modeling.grad_cache import grad_cache_step
 from densekit.modeling.retriever import BiEncoderRetriever
-from densekit.modeling.seeded_dropout import is_seedable, make_seedable, seeded_stream
+from densekit.modeling.fast_inference import cpu_tricks_apply
+from densekit.modeling.seeded_dropout import make_seedable, restore_torch_dropout, seeded_stream
 from densekit.training.training_args import RetrievalTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("query", "passage", "label")
 TRAINING_ARGS_NAME = "training_args.bin"
+TRAINER_STATE_NAME = "trainer_state.json"  # transformers.Trainer writes it last into a checkpoint folder
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 class SetEpochCallback(TrainerCallback):
@@ -80,10 +94,44 @@ class RetrievalTrainer(Trainer):
         elif getattr(self.args, "grad_cache", False):
             raise ConfigError("grad_cache needs RetrievalTrainingArguments.")
         self.add_callback(SetEpochCallback(self))
-        if isinstance(self.model, torch.nn.Module):
-            make_seedable(self.model)  # seeded dropout where the architecture allows; unchanged outside blocks
 
     # ---------------------------------------------------------------------------------------- training
+    def train(self, resume_from_checkpoint: Union[str, bool, None] = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` or ``"true"`` resumes from the latest complete
+        checkpoint in ``output_dir`` (see the module doc), a folder resumes from that folder."""
+        return super().train(self._checkpoint_to_resume(resume_from_checkpoint), *args, **kwargs)
+
+    def _checkpoint_to_resume(self, value: Union[str, bool, None]) -> Optional[str]:
+        """The folder to resume from, or None. The command line gives strings ("true", "false", a path)."""
+        if isinstance(value, str) and value.lower() in ("true", "false") and not os.path.isdir(value):
+            value = value.lower() == "true"
+        if value is None or value is False:
+            return None
+        if value is True:
+            return latest_checkpoint(self.args.output_dir)
+        if not os.path.isdir(value):
+            raise ConfigError(f"resume_from_checkpoint={value!r} is not a folder; give a checkpoint folder "
+                              f"(output_dir/checkpoint-N) or true for the latest one in output_dir.")
+        if not checkpoint_is_complete(value):
+            raise ConfigError(f"checkpoint {value} is incomplete (no readable {TRAINER_STATE_NAME}: the run "
+                              f"stopped while writing it); resume from an earlier checkpoint.")
+        return str(value)
+
+    def _uses_seeded_dropout(self, model: torch.nn.Module) -> bool:
+        """Whether this step's dropout is seeded, preparing the model for what the answer is.
+
+        Decided at every step by where the parameters are now (the Trainer moves the model after
+        construction, and nothing stops a model from moving between steps): on the CPU the model is made
+        seedable where its architecture allows; elsewhere torch's dropout and fused SDPA attention are put
+        back (:func:`~densekit.modeling.seeded_dropout.restore_torch_dropout`), since the seeded masks are
+        computed on the CPU.
+        """
+        retriever = self.accelerator.unwrap_model(model)
+        if cpu_tricks_apply(retriever):
+            return make_seedable(retriever)
+        restore_torch_dropout(retriever)
+        return False
+
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         """The retriever's own loss (scaled by world size under torch.distributed, see module doc)."""
@@ -97,7 +145,7 @@ class RetrievalTrainer(Trainer):
     def _training_dropout(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """Seeded dropout for a plain training forward (one fused pass, ~12x cheaper than torch's masks;
         the seed is drawn from torch's generator, so runs stay reproducible), where the model allows it."""
-        if not model.training or not is_seedable(self.accelerator.unwrap_model(model)):
+        if not model.training or not self._uses_seeded_dropout(model):
             return contextlib.nullcontext()
         return seeded_stream(int(torch.randint(0, 2**62, ())))
 
@@ -124,6 +172,7 @@ class RetrievalTrainer(Trainer):
         if "query" not in inputs or "passage" not in inputs:
             raise ConfigError("grad_cache training needs batches with 'query' and 'passage' (RetrievalCollator).")
         retriever = self.accelerator.unwrap_model(model)
+        self._uses_seeded_dropout(model)  # grad_cache_step then seeds rows, or replays torch's RNG states
         label = inputs.get("label")
         accumulation = getattr(self, "current_gradient_accumulation_steps", None) or \
             self.args.gradient_accumulation_steps
@@ -194,6 +243,72 @@ class RetrievalTrainer(Trainer):
             logger.info("%s: no sentence-transformers files written (pooling %r or LoRA adapters); load it with "
                         "BiEncoderRetriever.from_pretrained.", output_dir, getattr(retriever.encoder, "pooling", None))
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+    # --------------------------------------------------------------------------------------- resuming
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[torch.nn.Module] = None) -> None:
+        """Resume: read the retriever's weights back from a densekit checkpoint folder.
+
+        Why not transformers' own: it loads ``model.safetensors`` into the retriever's ``state_dict`` names
+        non-strictly, but :meth:`_save` writes the encoder model's names, so nothing would match and
+        training would go on from the base weights with the checkpoint's optimizer state.
+        DeepSpeed / FSDP checkpoints keep their own loaders (strict by :meth:`_issue_warnings_after_load`).
+        """
+        retriever = self._retriever(model)
+        if retriever is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        logger.info("Loading the retriever's weights from %s.", resume_from_checkpoint)
+        retriever.load_checkpoint_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint's weights, read as :meth:`_load_from_checkpoint` does."""
+        retriever = self._retriever(None)
+        if retriever is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        logger.info("Loading the best model from %s (score: %s).", self.state.best_model_checkpoint,
+                    self.state.best_metric)
+        retriever.load_checkpoint_weights(self.state.best_model_checkpoint)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Loaders left to transformers (DeepSpeed, FSDP): for a retriever, a key that does not match is an
+        error, not a warning (and a BiEncoderRetriever has no ``_keys_to_ignore_on_save`` to consult)."""
+        if self._retriever(None) is None:
+            return super()._issue_warnings_after_load(load_result)
+        if load_result.missing_keys or load_result.unexpected_keys:
+            raise ConfigError(f"the checkpoint does not match the model: missing {load_result.missing_keys[:5]}, "
+                              f"unexpected {load_result.unexpected_keys[:5]}; resume from a checkpoint of the "
+                              "same model.")
+
+    def _retriever(self, model: Optional[torch.nn.Module]) -> Optional[BiEncoderRetriever]:
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        return unwrapped if isinstance(unwrapped, BiEncoderRetriever) else None
+
+
+def checkpoint_is_complete(folder: str) -> bool:
+    """Whether ``folder`` is a whole checkpoint: transformers writes ``trainer_state.json`` last, so a
+    folder with a readable one was not interrupted while being written (checkpoints are not atomic)."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def latest_checkpoint(output_dir: str) -> str:
+    """The complete ``checkpoint-N`` folder of ``output_dir`` with the highest N; ConfigError if none."""
+    steps = {}
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = CHECKPOINT_PATTERN.match(name)
+            if match and os.path.isdir(os.path.join(output_dir, name)):
+                steps[int(match.group(1))] = os.path.join(output_dir, name)
+    for step in sorted(steps, reverse=True):
+        if checkpoint_is_complete(steps[step]):
+            return steps[step]
+        logger.warning("%s is incomplete (the run stopped while writing it); skipping it.", steps[step])
+    raise ConfigError(f"resume_from_checkpoint=true, but {output_dir} holds no complete checkpoint-N folder; "
+                      "start without resume_from_checkpoint, or give a checkpoint folder.")
 
 
 def _model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
