@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,18 @@ def test_short_negatives_skip_drops_the_query_with_a_counted_warning(tmp_path):
         ds = dataset(folder, conf(folder, min_score=1), conf(folder, max_score=1), group_size=5,
                      short_negatives="skip")
     assert ds.query_ids == ["q2"] and ds.skipped["short_negatives"] == 1
+
+
+@pytest.mark.parametrize("short_negatives", ["sample_with_replacement", "skip"])
+def test_random_corpus_negatives_are_never_short_whatever_short_negatives_says(tmp_path, short_negatives):
+    # no negative configs: negatives come from the corpus, distinct, so no query is short, none skipped
+    folder = write_collection(tmp_path, {"q1": {"a": 1}, "q2": {"b": 1}}, extra_docs=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any BinaryDataset warning fails the test
+        ds = dataset(folder, conf(folder, min_score=1), None, group_size=5, short_negatives=short_negatives)
+    assert ds.query_ids == ["q1", "q2"] and ds.num_filled_with_replacement == 0
+    assert ds.skipped == {"no_positive": 0, "no_negative": 0, "short_negatives": 0}
+    assert all(len(set(ids_of(ds[i]))) == 5 for i in range(2))
 
 
 def test_queries_without_positives_or_negatives_are_skipped_and_counted(tmp_path):

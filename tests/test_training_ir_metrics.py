@@ -14,7 +14,7 @@ from transformers.utils import ModelOutput
 from densekit.data.sampling import fill_to
 from densekit.errors import ConfigError, InputError
 from densekit.evaluation.metrics import parse_measures
-from densekit.training.ir_metrics import IRMetrics, first_occurrences
+from densekit.training.ir_metrics import IRMetrics, first_ids, first_occurrences
 
 ALL_MEASURES = ["nDCG@3", "nDCG@10", "Recall@3", "Recall@10", "MRR@3", "MRR@10", "P@5", "MAP"]
 
@@ -262,3 +262,84 @@ def test_trainer_evaluate_reports_metrics_over_all_batches(tmp_path):
     again = trainer.evaluate()  # a second evaluation starts from a clean state
     assert {k: again[k] for k in result if k.startswith("eval_") and "@" in k} == pytest.approx(
         {k: result[k] for k in result if k.startswith("eval_") and "@" in k})
+
+
+# ------------------------------------------------------------------------------------------ document ids
+def test_document_ids_count_different_documents_with_equal_scores_and_a_repeat_once():
+    # positions 0 and 1: two different relevant documents, same score and label -> both count;
+    # position 2 repeats document 7 (the group was filled) -> counted once
+    scores = np.array([[0.5, 0.5, 0.5, 0.1]])
+    labels = np.array([[1, 1, 1, 0]])
+    ids = np.array([[7, 8, 7, 9]])
+    got = IRMetrics(measures=["Recall@2", "P@2", "nDCG@4"])(batch(scores, (labels, ids)))
+    assert got == pytest.approx({"Recall@2": 1.0, "P@2": 1.0, "nDCG@4": 1.0})
+    # without ids the fallback merges the two documents (equal score and label): one relevant, not two
+    merged = IRMetrics(measures=["P@2"])(batch(scores, labels))
+    assert merged["P@2"] == pytest.approx(0.5)
+    # ids as strings (doc ids) and as torch tensors behave the same
+    as_str = np.array([["d7", "d8", "d7", "d9"]])
+    assert IRMetrics(measures=["P@2"])(batch(scores, (labels, as_str)))["P@2"] == pytest.approx(1.0)
+    as_torch = (torch.tensor(labels), torch.tensor(ids))
+    assert IRMetrics(measures=["P@2"])(batch(torch.tensor(scores), as_torch))["P@2"] == pytest.approx(1.0)
+
+
+def test_document_ids_match_pytrec_eval_on_the_distinct_documents():
+    rng = np.random.default_rng(9)
+    scores, labels, distinct = make_groups(rng, rows=30, group=10)
+    ids = np.zeros(labels.shape, dtype=np.int64)
+    for i, docs in enumerate(distinct):  # fill_to repeats the row's distinct documents in order
+        ids[i] = [1000 * i + j % len(docs) for j in range(labels.shape[1])]
+    got = IRMetrics(measures=ALL_MEASURES)(batch(scores, (labels, ids)))
+    expected, _ = reference_means(distinct, ALL_MEASURES)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_first_ids_keeps_the_earliest_present_entry_of_each_document():
+    ids = np.array([[3, 3, 4, 3], [5, 5, 5, 6]])
+    present = np.array([[False, True, True, True], [True, True, True, True]])
+    assert first_ids(ids, present).tolist() == [[False, True, True, False], [True, False, False, True]]
+
+
+def test_document_ids_of_the_wrong_shape_are_refused():
+    with pytest.raises(InputError, match="Document ids"):
+        IRMetrics()(batch(np.zeros((1, 3)), (np.array([[1, 0, 0]]), np.array([[1, 2]]))))
+
+
+class IdsTrainer(Trainer):
+    """A Trainer whose prediction_step returns ``(label, passage ids)`` as labels, as RetrievalTrainer can."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        ids = inputs.pop("passage_id")
+        with torch.no_grad():
+            out = model(**inputs)
+        group = inputs["label"].shape[1]
+        rows = torch.arange(out.logits.shape[0])
+        scores = out.logits.reshape(len(rows), len(rows), group)[rows, rows]
+        return out.loss.detach(), scores, (inputs["label"], ids)
+
+
+@pytest.mark.parametrize("batch_eval_metrics", [True, False])
+def test_trainer_passes_document_ids_through_evaluation(tmp_path, batch_eval_metrics):
+    # every passage vector is the same: a (collapsed) model scores all documents alike; ids keep them apart
+    dim, group, rows = 4, 4, 5
+    dataset = []
+    for _ in range(rows):
+        dataset.append({"query": torch.ones(dim), "passage": torch.ones(group, dim),
+                        "label": torch.tensor([1.0, 1.0, 0.0, 1.0]),
+                        "passage_id": torch.tensor([10, 11, 12, 10])})  # the last entry repeats the first
+
+    def collate(features):
+        return {key: torch.stack([f[key] for f in features]) for key in features[0]}
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2,
+                             batch_eval_metrics=batch_eval_metrics, label_names=["label"], report_to=[], use_cpu=True,
+                             remove_unused_columns=False)
+    metric = IRMetrics(measures=["Recall@4", "P@3"])
+    trainer = IdsTrainer(model=TinyBiEncoder(dim), args=args, eval_dataset=dataset, data_collator=collate,
+                         compute_metrics=metric)
+    result = trainer.evaluate()
+    # two distinct relevant documents (10, 11) among three distinct ones, all tied
+    assert result["eval_Recall@4"] == pytest.approx(1.0)
+    assert result["eval_P@3"] == pytest.approx(2 / 3)
+    assert metric.last_counts == {"evaluated": rows, "without_relevant": 0}

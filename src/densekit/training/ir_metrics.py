@@ -20,17 +20,22 @@ How a batch is read:
   latter, row ``i`` keeps its own block of columns ``(i mod b) * G ...``, which also holds after the
   Trainer stacks the rows gathered from several processes.
 * ``label_ids``: the graded labels ``[B, G]``; whole numbers (trec_eval reads judgments as integers).
-  ``-100``, the Trainer's padding value, marks a missing entry.
+  ``-100``, the Trainer's padding value, marks a missing entry. Or a pair ``(labels, doc_ids)``: the
+  labels and, beside them, an id of each document of the group ``[B, G]`` (corpus row numbers, or any
+  integers or strings that are equal exactly when the documents are), what a ``prediction_step``
+  returning ``(label, passage ids)`` as its labels gives.
 
 Semantics:
 
 * Relevant means label >= 1; nDCG uses the label as gain, with the ideal ranking of the group's labels.
 * Repeats: a dataset fills the group of a query with few judged documents by repeating them, and a
-  repeat must not count twice (it would double the relevant documents). The documents themselves are
-  not visible here, so an entry whose (score, label) pair exactly equals an earlier entry of its row is
-  dropped: in eval mode the same text gets bit-identical scores. Two different documents with exactly
-  the same score and label are therefore merged too; that needs a model giving exactly equal scores to
-  different texts (a collapsed model), and ``deduplicate=False`` turns the rule off.
+  repeat must not count twice (it would double the relevant documents). With document ids, an entry
+  whose id appears earlier in its row is dropped, and only such an entry: two different documents with
+  equal scores both count, as trec_eval counts them. Without ids (a batch of scores and labels only)
+  the documents are not visible, so the fallback drops an entry whose (score, label) pair exactly equals
+  an earlier one of its row (in eval mode the same text gets bit-identical scores); it also merges
+  different documents that a collapsed model scores exactly alike, and logs a warning once that ids
+  are missing. ``deduplicate=False`` turns de-duplication off.
 * Ties: trec_eval's rule (score descending, then document id descending) with document id = position
   in the group, so among equal scores the later position ranks first. ``MultiLevelDataset`` lists the
   most relevant documents first, so ties are resolved pessimistically: a model that scores everything
@@ -41,12 +46,15 @@ Semantics:
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence, Union
+import logging
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from densekit.errors import ConfigError, InputError
 from densekit.evaluation.metrics import Measure, compute_metrics, parse_measures
+
+logger = logging.getLogger(__name__)
 
 #: transformers pads labels and predictions gathered from several processes with this value.
 LABEL_PADDING = -100
@@ -67,7 +75,8 @@ class IRMetrics:
         k_values: cutoffs for the default measures nDCG@k, Recall@k, MRR@k (default 10 and 100).
         measures: measure names instead (any spelling :func:`~densekit.evaluation.metrics.parse_measures`
             accepts, e.g. ``["nDCG@10", "P@5", "MAP"]``); give either this or ``k_values``.
-        deduplicate: drop exact (score, label) repeats within a query's group (see the module docstring).
+        deduplicate: count a document repeated within a query's group once: by document id when the
+            labels come with ids, else by equal (score, label) (see the module docstring).
 
     Calling it with ``compute_result=True`` returns ``{"nDCG@10": mean, ...}`` over every query seen
     since the last result and starts afresh; other calls return the means of that batch alone. Call
@@ -91,6 +100,7 @@ class IRMetrics:
                 raise ConfigError(f"k_values must be positive integers, got {k_values!r}.")
             self.measures = default_measures(int(k) for k in cutoffs)
         self.deduplicate = deduplicate
+        self._warned_no_ids = False
         self.last_counts: dict[str, int] = {"evaluated": 0, "without_relevant": 0}
         self.reset()
 
@@ -107,7 +117,13 @@ class IRMetrics:
         ``batch_eval_metrics`` (one call with every prediction of the eval set) when rows are ``[N, G]``.
         """
         scores, labels = read_eval_prediction(eval_pred)
-        batch_sums, evaluated, skipped = self._score_batch(scores, labels)
+        doc_ids = read_document_ids(eval_pred, labels.shape)
+        if self.deduplicate and doc_ids is None and not self._warned_no_ids:
+            self._warned_no_ids = True
+            logger.warning("IRMetrics: the eval labels come without document ids, so repeated documents are "
+                           "recognised by equal (score, label); pass labels as (labels, doc_ids) to count "
+                           "every distinct document exactly.")
+        batch_sums, evaluated, skipped = self._score_batch(scores, labels, doc_ids)
         for name, value in batch_sums.items():
             self._sums[name] += value
         self._evaluated += evaluated
@@ -131,11 +147,12 @@ class IRMetrics:
             )
         return {name: total / evaluated for name, total in sums.items()}
 
-    def _score_batch(self, scores: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], int, int]:
+    def _score_batch(self, scores: np.ndarray, labels: np.ndarray,
+                     doc_ids: Optional[np.ndarray] = None) -> tuple[dict[str, float], int, int]:
         """Sum of each measure over the batch's queries with a relevant document, and the two counts."""
         keep = labels != LABEL_PADDING
         if self.deduplicate:
-            keep &= first_occurrences(scores, labels)
+            keep &= first_ids(doc_ids, keep) if doc_ids is not None else first_occurrences(scores, labels)
         relevant = keep & (labels >= 1)
         has_relevant = relevant.any(axis=1)
         evaluated = int(has_relevant.sum())
@@ -173,9 +190,9 @@ def read_eval_prediction(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
                              fix="make forward return the query x passage scores after the loss.")
         predictions = predictions[0]
     if isinstance(label_ids, (tuple, list)):
-        if len(label_ids) != 1:
-            raise InputError(f"Got {len(label_ids)} label arrays, expected one (the graded labels).",
-                             fix='set TrainingArguments(label_names=["label"]).')
+        if len(label_ids) not in (1, 2):
+            raise InputError(f"Got {len(label_ids)} label arrays, expected the graded labels and optionally "
+                             "the document ids.", fix='set TrainingArguments(label_names=["label"]).')
         label_ids = label_ids[0]
     if predictions is None or label_ids is None:
         raise InputError("IRMetrics needs both the model's scores and the labels.",
@@ -197,6 +214,32 @@ def read_eval_prediction(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
         scores = np.take_along_axis(scores, start[:, None] + np.arange(group), axis=1)
     _check_values(scores, labels)
     return scores, labels
+
+
+def read_document_ids(eval_pred: Any, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """The document ids ``[B, G]`` that came as second label array, or None when there are none."""
+    label_ids = eval_pred.label_ids if hasattr(eval_pred, "label_ids") else eval_pred[1]
+    if not isinstance(label_ids, (tuple, list)) or len(label_ids) != 2 or label_ids[1] is None:
+        return None
+    doc_ids = label_ids[1]
+    # integer ids stay integers (row numbers above 2**24 would collide as float32)
+    doc_ids = doc_ids.detach().cpu().numpy() if hasattr(doc_ids, "detach") else np.asarray(doc_ids)
+    if doc_ids.shape != tuple(shape):
+        raise InputError(f"Document ids {doc_ids.shape} do not match labels {tuple(shape)}; give one id per "
+                         "document of each group.", fix="return (label, passage ids) of the same shape as labels.")
+    return doc_ids
+
+
+def first_ids(doc_ids: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """True for each present entry whose document id does not appear earlier (among present ones) in its row."""
+    first = np.zeros(doc_ids.shape, dtype=bool)
+    for i, row in enumerate(doc_ids.tolist()):
+        seen = set()
+        for j, doc in enumerate(row):
+            if present[i, j] and doc not in seen:
+                seen.add(doc)
+                first[i, j] = True
+    return first
 
 
 def first_occurrences(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -238,4 +281,5 @@ def _check_values(scores: np.ndarray, labels: np.ndarray) -> None:
                          fix="check the model for diverged weights (learning rate, fp16 overflow).")
 
 
-__all__ = ["DEFAULT_K_VALUES", "IRMetrics", "default_measures", "first_occurrences", "read_eval_prediction"]
+__all__ = ["DEFAULT_K_VALUES", "IRMetrics", "default_measures", "first_ids", "first_occurrences",
+           "read_document_ids", "read_eval_prediction"]
