@@ -119,6 +119,13 @@ def test_encode_refuses_a_zero_block_size_and_leaves_no_pending_file(tiny_model_
     assert not out.exists() and not list(tmp_path.rglob("pending.json"))
 
 
+def test_encode_refuses_a_shard_outside_the_shards(tiny_model_dir, beir, tmp_path, capsys, no_model_load):
+    out = tmp_path / "embeddings"
+    err = fails(["encode", "--model_name_or_path", str(tiny_model_dir), "--input_path", str(beir / "corpus.jsonl"),
+                 "--output_dir", str(out), "--shard_id", "2", "--num_shards", "2"], capsys)
+    assert "--shard_id 2 is not below --num_shards 2" in err and not out.exists()
+
+
 # ------------------------------------------------------------------------------------------ convert output
 def test_convert_to_a_file_format_refuses_an_existing_folder(beir, tmp_path, capsys):
     folder = tmp_path / "out"

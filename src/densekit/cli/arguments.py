@@ -79,6 +79,9 @@ def check_counts(namespace: Namespace) -> None:
             raise ConfigError(f"--{name} must be a positive integer, got {value}.")
         if name in NON_NEGATIVE_OPTIONS and value < 0:
             raise ConfigError(f"--{name} must be 0 or more, got {value}.")
+    shard, shards = getattr(namespace, "shard_id", None), getattr(namespace, "num_shards", None)
+    if isinstance(shard, int) and isinstance(shards, int) and shard >= shards:
+        raise ConfigError(f"--shard_id {shard} is not below --num_shards {shards}; shards are 0 .. {shards - 1}.")
 
 
 def check_model_options(outputs: Sequence[Any]) -> None:
