@@ -112,8 +112,19 @@ def test_named_folder_keeps_the_most_recently_used_entries(tmp_path):
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["k1", "k3"]
 
 
+def test_entry_used_within_the_grace_period_is_kept_beyond_the_count(tmp_path):
+    import os
+
+    cache = EmbeddingCache(tmp_path, block_size=4, keep_per_name=1, grace_seconds=60)
+    for key in ("old", "recent", "new"):
+        cache.entry(key, name="c").build(["a"], fake_encoder([]))
+        if key == "old":
+            os.utime(cache.entry(key, name="c").manifest_path, ns=(1, 1))  # unused for decades
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["new", "recent"]
+
+
 def test_entry_in_use_is_not_removed_by_another_build(tmp_path):
-    cache = EmbeddingCache(tmp_path, block_size=1, keep_per_name=1)
+    cache = EmbeddingCache(tmp_path, block_size=1, keep_per_name=1, grace_seconds=0)
     held = cache.entry("k1", name="c")
     held.build(["a", "b"], fake_encoder([]))
     reading = held.iter_blocks()

@@ -18,8 +18,12 @@ Layout of an entry folder::
 Where entries live in an :class:`EmbeddingCache`: ``<root>/<key>/``, or ``<root>/<name>/<key>/`` when the
 caller names the entry (``corpus_cache=...``). Why keyed under the name: two runs with different checkpoints
 and the same name then write different folders and can never delete or overwrite each other's blocks.
-A name keeps at most ``keep_per_name`` entries (least recently used are removed after a build), and an
-entry is only removed when its lock can be taken at once, i.e. nobody is building or reading it.
+A name keeps at most ``keep_per_name`` entries: after a build, the least recently used others are removed,
+but only when unused (not built, nor checked by :meth:`CacheEntry.is_complete`) for ``grace_seconds`` and
+when their lock can be taken at once, i.e. nobody is building or reading them. Why the grace period:
+callers check or build an entry, then read it with a second call; an entry used moments ago is never
+removed in between, so a reader gets its own vectors or, after a stall longer than the grace period, a
+clear error, never another entry's vectors.
 
 Why the lock is a file inside the entry: removing an entry removes its lock file too, so whoever takes a
 lock checks afterwards that the file it locked is still the one at that path, and starts over if not.
@@ -40,6 +44,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -92,13 +97,15 @@ class CacheEntry:
     """One entry folder; see the module docstring for its layout.
 
     ``keep`` > 0 marks an entry of a named cache folder: after a build, the sibling entries in
-    ``path.parent`` beyond the ``keep`` most recently used are removed (when nobody holds them).
+    ``path.parent`` beyond the ``keep`` most recently used are removed when nobody holds them and they
+    have not been used for ``grace_seconds``.
     """
 
     path: Path
     key: str
     block_size: int
     keep: int = 0
+    grace_seconds: float = 300.0
 
     @property
     def manifest_path(self) -> Path:
@@ -133,19 +140,20 @@ class CacheEntry:
         return self.path / f"block_{number:06d}.json"
 
     # --------------------------------------------------------------------------------------- locking
-    def _acquire(self, exclusive: bool, wait: bool) -> Optional[int]:
+    def _acquire(self, exclusive: bool, wait: bool, create: bool) -> Optional[int]:
         """A descriptor holding the entry's lock; -1 when there is nothing to lock (no flock, read-only
-        folder); None when a reader finds no folder or, without ``wait``, someone else holds the lock."""
+        folder); None when the folder is missing (and not ``create``) or, without ``wait``, someone else
+        holds the lock."""
         if fcntl is None:
             return -1
         lock_path = self.path / LOCK_NAME
         while True:
-            if exclusive:
+            if create:
                 self.path.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
             except FileNotFoundError:
-                if exclusive:
+                if create:
                     continue  # removed between mkdir and open: make it again
                 return None
             except OSError:
@@ -165,9 +173,9 @@ class CacheEntry:
             os.close(fd)  # the entry was removed while we waited: lock the folder that is there now
 
     @contextlib.contextmanager
-    def _lock(self, exclusive: bool, wait: bool = True) -> Iterator[bool]:
+    def _lock(self, exclusive: bool, wait: bool = True, create: bool = False) -> Iterator[bool]:
         """Hold the entry's lock for the ``with`` block; yields False when it could not be taken."""
-        fd = self._acquire(exclusive, wait)
+        fd = self._acquire(exclusive, wait, create)
         try:
             yield fd is not None
         finally:
@@ -284,7 +292,7 @@ class CacheEntry:
         through it). The entry is locked for the whole build: a second process building the same entry waits,
         then reuses the blocks. Returns the number of rows that had to be encoded.
         """
-        with self._lock(exclusive=True):
+        with self._lock(exclusive=True, create=True):
             encoded = self._build_locked(ids, encode_rows, on_block, info)
         self._evict_siblings()
         return encoded
@@ -333,28 +341,45 @@ class CacheEntry:
         return encoded
 
     def _evict_siblings(self) -> None:
-        """Keep at most ``keep`` entries in a named folder: remove the least recently used ones that nobody
-        holds (their lock is taken without waiting), and format-1 files written straight into the folder."""
+        """Keep at most ``keep`` entries in a named folder: remove the least recently used ones that have
+        been idle for ``grace_seconds`` and that nobody holds (their lock is taken without waiting), and
+        format-1 files written straight into the folder.
+
+        An entry whose manifest or folder changed after the listing (just finished, or just checked by a
+        reader, which touches the manifest) is kept: it is in use, whatever the listing said.
+        """
         if self.keep <= 0:
             return
-        parent = self.path.parent
+        idle_since = time.time_ns() - int(self.grace_seconds * 1e9)
         others = []
-        for folder in parent.iterdir():
+        for path in self.path.parent.iterdir():
             try:
-                if folder.is_file() and (folder.name.startswith("block_") or folder.name in ("manifest.json", *LEGACY_FILES)):
-                    folder.unlink()  # format 1 kept a named entry directly in this folder
-                elif folder.is_dir() and folder != self.path:
-                    marker = folder / "manifest.json"
-                    others.append(((marker if marker.exists() else folder).stat().st_mtime_ns, folder))
+                if path.is_file() and (path.name.startswith("block_") or path.name in ("manifest.json", *LEGACY_FILES)):
+                    path.unlink()  # format 1 kept a named entry directly in this folder
+                elif path.is_dir() and path != self.path:
+                    others.append((_last_use(path), path))
             except FileNotFoundError:
                 continue
-        others.sort(reverse=True)
-        for _, folder in others[max(self.keep - 1, 0):]:
+        others.sort(key=lambda item: item[0][1], reverse=True)  # newest first
+        for stamp, folder in others[max(self.keep - 1, 0):]:
+            if stamp[1] > idle_since:
+                continue
             victim = CacheEntry(path=folder, key="", block_size=self.block_size)
             with victim._lock(exclusive=True, wait=False) as held:
-                if held:
+                if held and _last_use(folder) == stamp:
                     logger.info("embedding cache: removing %s (keeping the %d most recently used)", folder, self.keep)
                     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _last_use(folder: Path) -> tuple[int, int]:
+    """When an entry was last finished or read (its manifest's mtime), else last written to (the folder's)."""
+    try:
+        return 1, (folder / "manifest.json").stat().st_mtime_ns
+    except FileNotFoundError:
+        try:
+            return 0, folder.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0, 0
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -374,15 +399,17 @@ def _plain_name(value: str, what: str) -> str:
 class EmbeddingCache:
     """The cache folder: maps (input, model) keys to entries, ``<root>/<key>`` or ``<root>/<name>/<key>``."""
 
-    def __init__(self, root: str | Path, block_size: int = 16_384, keep_per_name: int = 3) -> None:
+    def __init__(self, root: str | Path, block_size: int = 16_384, keep_per_name: int = 3,
+                 grace_seconds: float = 300.0) -> None:
         self.root = Path(root)
         self.block_size = block_size
         self.keep_per_name = keep_per_name
+        self.grace_seconds = grace_seconds
 
     def entry(self, key: str, name: Optional[str] = None) -> CacheEntry:
         """The entry for ``key``; a ``name`` groups the entries of one input (at most ``keep_per_name`` kept)."""
         _plain_name(key, "key")
         if name:
             return CacheEntry(path=self.root / _plain_name(name, "name") / key, key=key,
-                              block_size=self.block_size, keep=self.keep_per_name)
+                              block_size=self.block_size, keep=self.keep_per_name, grace_seconds=self.grace_seconds)
         return CacheEntry(path=self.root / key, key=key, block_size=self.block_size)
