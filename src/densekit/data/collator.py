@@ -170,4 +170,7 @@ class RetrievalCollator:
             if "passage" in batch and batch["label"].numel() != batch["passage"]["input_ids"].size(0):
                 raise InputError(f"labels have shape {tuple(batch['label'].shape)} but there are "
                                  f"{batch['passage']['input_ids'].size(0)} passages; give one label per passage")
+        if any("passage_row" in ex for ex in examples):
+            # corpus rows of the passages: IR metrics tell a repeated document from a tie by them
+            batch["passage_row"] = torch.tensor([ex["passage_row"] for ex in examples], dtype=torch.int64)
         return batch

@@ -32,7 +32,9 @@ class DataArguments:
     short_negatives: Literal["sample_with_replacement", "skip"] = field(
         default="sample_with_replacement",
         metadata={"help": "BinaryDataset, for a query with fewer than group_size-1 negatives: use them all and "
-                          "draw the rest with replacement, or skip the query (both counted in a warning)."},
+                          "draw the rest with replacement, or skip the query (both counted in a warning). Applies only to "
+                          "judged negatives (--negative_qrel_path); random corpus negatives are never short, so it "
+                          "has no effect without them."},
     )
 
     def __post_init__(self) -> None:

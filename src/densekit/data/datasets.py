@@ -149,6 +149,7 @@ class MultiLevelDataset(torch.utils.data.Dataset):
             "query": self.formatted_query(qid),
             "passage": [self.formatted_passage(int(i)) for i in doc_indices],
             "label": [float(s) for _, s in group],
+            "passage_row": [int(i) for i in doc_indices],
         }
 
 
@@ -326,4 +327,5 @@ class BinaryDataset(torch.utils.data.Dataset):
         query = self.format_query(self.queries.text_at(int(self._query_rows[index])), dataset=name)
         passages = [self.format_passage(text, title=title or None, dataset=name)
                     for title, text in zip(self.corpus.titles(rows), self.corpus.texts(rows))]
-        return {"query_id": qid, "query": query, "passage": passages, "label": [1.0] + [0.0] * (len(rows) - 1)}
+        return {"query_id": qid, "query": query, "passage": passages, "label": [1.0] + [0.0] * (len(rows) - 1),
+                "passage_row": [int(r) for r in rows]}
