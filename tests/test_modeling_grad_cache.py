@@ -243,6 +243,17 @@ def test_rand_state_replays_dropout_and_restores_the_outer_stream():
     assert torch.equal(torch.rand(3), next_draw)
 
 
+def test_rand_state_captures_only_the_cuda_devices_the_step_uses():
+    """A CPU step touches no CUDA device (capturing every visible GPU would open a context on each)."""
+    from densekit.modeling.grad_cache import _cuda_devices
+
+    model = torch.nn.Linear(2, 2)
+    assert _cuda_devices(model, {"x": torch.zeros(2, 2)}, {"x": torch.zeros(2, 2), "ids": [1, 2]}) == []
+    assert _cuda_devices(torch.nn.Linear(2, 2, device="meta"), {"x": torch.zeros(1, device="meta")}) == []
+    state = RandState([])
+    assert state.devices == [] and state.cuda == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_rand_state_replays_cuda_dropout():
     state = RandState()

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel, GPT2Config, GPT2Model
 
 from densekit.modeling.seeded_dropout import (
-    ATTENTION_NAME, SeededDropout, is_seedable, make_seedable, seeded, seeded_dropout)
+    ATTENTION_NAME, SeededDropout, is_seedable, make_seedable, restore_torch_dropout, seeded, seeded_dropout)
 
 N = 200_000
 
@@ -142,6 +142,28 @@ def test_prepared_bert_is_unchanged_outside_blocks_and_seeded_inside(tiny_dropou
     assert torch.equal(first, again)
     assert torch.allclose(first[:3], other[:3]) and not torch.allclose(first[3], other[3])
     assert torch.allclose(alone, first[2:], atol=1e-6)
+
+
+def test_restoring_torch_dropout_undoes_make_seedable(tiny_dropout_model_dir, monkeypatch):
+    """What the trainer does for a model on a GPU: nn.Dropout and SDPA again, so even inside a block no
+    seeded mask is drawn (the kernel is made to fail) and torch's generator decides the masks."""
+    from densekit.modeling import seeded_dropout as module
+
+    plain = AutoModel.from_pretrained(tiny_dropout_model_dir).train()
+    model = copy.deepcopy(plain)
+    assert make_seedable(model)
+    restore_torch_dropout(model)
+    restore_torch_dropout(model)  # idempotent
+    assert not is_seedable(model) and model.config._attn_implementation == "sdpa"
+    assert all(type(m) is not SeededDropout for m in model.modules())
+    monkeypatch.setattr(module, "_masked", lambda *a, **k: pytest.fail("seeded kernel called"))
+    inputs = batch()
+    torch.manual_seed(4)
+    expected = plain(**inputs).last_hidden_state
+    torch.manual_seed(4)
+    with seeded([1, 2, 3, 4]):
+        assert torch.allclose(model(**inputs).last_hidden_state, expected, atol=1e-6)
+    assert make_seedable(model)  # and back
 
 
 def test_attention_dropout_alone_is_seeded_too(tmp_path):

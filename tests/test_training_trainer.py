@@ -38,12 +38,12 @@ def train_args(tmp_path, **kw):
     return RetrievalTrainingArguments(**defaults)
 
 
-def make_trainer(model_dir, tokenizer, args, data=None, **model_kw):
+def make_trainer(model_dir, tokenizer, args, data=None, eval_data=None, **model_kw):
     model = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=str(model_dir), **model_kw))
     data_args = DataArguments(group_size=G, query_max_len=16, passage_max_len=16)
     collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token)
     return RetrievalTrainer(args=args, model=model, tokenizer=tokenizer, data_collator=collator,
-                            train_dataset=data if data is not None else examples())
+                            train_dataset=data if data is not None else examples(), eval_dataset=eval_data)
 
 
 # ------------------------------------------------------------------------------- the seed, as written
@@ -260,6 +260,26 @@ def test_last_token_pooling_saves_without_sentence_transformers_files(tiny_model
     assert (tmp_path / "saved" / "densekit_config.json").is_file()
     assert not (tmp_path / "saved" / "modules.json").exists()
     assert BiEncoderRetriever.from_pretrained(tmp_path / "saved").encoder.pooling == "last_token"
+
+
+def test_load_best_model_at_end_loads_the_best_checkpoints_weights(tiny_dropout_model_dir, tokenizer, tmp_path):
+    """transformers' loader would read the checkpoint into the retriever's state_dict names, match none, and
+    keep the last weights (after crashing on warnings); the trainer reads them as saved."""
+    from safetensors.torch import load_file
+
+    args = train_args(tmp_path, max_steps=3, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+                      save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss",
+                      greater_is_better=True)  # the worst loss "wins": an early checkpoint, not the last
+    trainer = make_trainer(tiny_dropout_model_dir, tokenizer, args, eval_data=examples())
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-3")
+    saved = load_file(f"{best}/model.safetensors")
+    weights = trainer.model.encoder.model.state_dict()
+    assert saved.keys() == weights.keys()
+    assert all(torch.equal(saved[name], weights[name]) for name in saved)
+    last = load_file(str(tmp_path / "out" / "checkpoint-3" / "model.safetensors"))
+    assert any(not torch.equal(last[name], weights[name]) for name in saved)
 
 
 # ------------------------------------------------------------------------------------- epochs and eval
