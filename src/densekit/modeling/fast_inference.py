@@ -85,7 +85,8 @@ class ChunkedParallelForward:
     def _splittable(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> bool:
         return (
             input_ids.dim() == 2 and input_ids.size(0) > 1 and input_ids.device.type == "cpu"
-            and cpu_tricks_apply(self.model) and torch.get_num_threads() > 1 and not torch.is_autocast_enabled("cpu")
+            and cpu_tricks_apply(self.model) and torch.get_num_threads() > 1
+            and not torch.is_autocast_enabled("cpu")
             and all(isinstance(v, torch.Tensor) and v.shape == input_ids.shape for v in inputs.values())
         )
 

@@ -47,9 +47,9 @@ from transformers import Trainer, TrainerCallback
 
 from densekit import distributed
 from densekit.errors import ConfigError, InputError
+from densekit.modeling.fast_inference import cpu_tricks_apply
 from densekit.modeling.grad_cache import grad_cache_step
 from densekit.modeling.retriever import BiEncoderRetriever
-from densekit.modeling.fast_inference import cpu_tricks_apply
 from densekit.modeling.seeded_dropout import make_seedable, restore_torch_dropout, seeded_stream
 from densekit.training.training_args import RetrievalTrainingArguments
 
@@ -244,7 +244,6 @@ class RetrievalTrainer(Trainer):
                         "BiEncoderRetriever.from_pretrained.", output_dir, getattr(retriever.encoder, "pooling", None))
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
-
     # --------------------------------------------------------------------------------------- resuming
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[torch.nn.Module] = None) -> None:
         """Resume: read the retriever's weights back from a densekit checkpoint folder.
@@ -280,6 +279,7 @@ class RetrievalTrainer(Trainer):
                               "same model.")
 
     def _retriever(self, model: Optional[torch.nn.Module]) -> Optional[BiEncoderRetriever]:
+        """The BiEncoderRetriever inside ``model`` (default: the trainer's), or None for another model."""
         unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
         return unwrapped if isinstance(unwrapped, BiEncoderRetriever) else None
 
