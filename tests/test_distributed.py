@@ -1,9 +1,12 @@
-"""distributed helpers: single-process fallbacks, shard ranges, and a 2-process gloo run whose gradients
-equal one process's full-batch gradients (gather_with_grad + loss * world_size + DDP averaging)."""
+"""distributed helpers: single-process fallbacks, shard ranges, a 2-process gloo run whose gradients
+equal one process's full-batch gradients (gather_with_grad + loss * world_size + DDP averaging), and a
+2-process gloo search (all_gather_rows + merge_topk_across_ranks) equal to one process's search."""
 from __future__ import annotations
 
+import datetime
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,6 +16,7 @@ from densekit import distributed
 from densekit.errors import ConfigError
 from densekit.modeling.grad_cache import grad_cache_step
 from densekit.modeling.losses import InfoNCELoss
+from densekit.search import ExactSearcher, exact_search
 
 WORLD, Q, G, VOCAB, LENGTH = 2, 6, 2, 50, 5
 
@@ -142,3 +146,80 @@ def test_shard_ranges_are_contiguous_balanced_and_cover_everything(n, world):
 def test_shard_range_rejects_impossible_arguments(n, rank, world):
     with pytest.raises(ConfigError):
         distributed.shard_range(n, rank, world)
+
+
+# --- tensor collectives for the evaluator: query rows gathered and top-k lists merged without pickling ---
+
+SEARCH_NQ, SEARCH_DOCS, SEARCH_K = 45, 3000, 20
+
+
+def search_data():
+    """Small integers: dot products are exact in float32 and many tie, so tie order is checked too."""
+    rng = np.random.default_rng(3)
+    return (rng.integers(-2, 3, (SEARCH_NQ, 6)).astype(np.float32),
+            rng.integers(-2, 3, (SEARCH_DOCS, 6)).astype(np.float32))
+
+
+def search_worker(rank, init_file, out_dir):
+    torch.set_num_threads(1)  # first: a forked child must not touch the parent's OpenMP pool
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))  # a hung collective fails the test
+    try:
+        out = {}
+        # uneven rows, a rank without rows (None), 1-D int arrays, an empty array on one rank
+        out["a"] = distributed.all_gather_rows(np.full((3, 4), 1.5, np.float32) if rank == 0 else None)
+        out["b"] = distributed.all_gather_rows(np.arange(2 + 3 * rank, dtype=np.int64) + 10 * rank)
+        out["c"] = distributed.all_gather_rows(np.ones((2, 4), np.float16) if rank else np.ones((0, 4), np.float16))
+        try:
+            distributed.all_gather_rows(np.ones((2, 4 + rank), np.float32))
+        except ConfigError as error:
+            out["mismatch"] = np.array([str(error)])
+        # the evaluator's pattern: query shards gathered, corpus shards searched, top-k merged
+        queries, corpus = search_data()
+        q_rows = distributed.shard_range(SEARCH_NQ, rank, WORLD)
+        c_rows = distributed.shard_range(SEARCH_DOCS, rank, WORLD)
+        all_queries = distributed.all_gather_rows(queries[q_rows.start:q_rows.stop])
+        out["queries"] = all_queries
+        with ExactSearcher(all_queries, SEARCH_K, threads=2) as searcher:
+            for start in range(c_rows.start, c_rows.stop, 700):
+                searcher.add(start, corpus[start:min(start + 700, c_rows.stop)])
+            scores, indices = searcher.results()
+        distributed._MERGE_ELEMENTS = 7 * SEARCH_K  # several slices of queries
+        out["all_scores"], out["all_ids"] = distributed.merge_topk_across_ranks(scores, indices, SEARCH_K)
+        root = distributed.merge_topk_across_ranks(scores, indices, SEARCH_K - 5, to_all=False)
+        if rank == 0:
+            out["root_scores"], out["root_ids"] = root
+        else:
+            out["root_is_none"] = np.array([root is None])
+        np.savez(os.path.join(out_dir, f"search{rank}.npz"), **out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_row_gather_and_topk_merge_equal_one_process_search(tmp_path):
+    mp.start_processes(search_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="fork")
+    queries, corpus = search_data()
+    ref_scores, ref_ids = exact_search(queries, corpus, SEARCH_K)
+    for rank in range(WORLD):
+        out = np.load(tmp_path / f"search{rank}.npz")
+        np.testing.assert_array_equal(out["a"], np.full((3, 4), 1.5, np.float32))
+        assert out["b"].tolist() == [0, 1, 10, 11, 12, 13, 14]
+        assert out["c"].dtype == np.float16 and out["c"].shape == (2, 4)
+        assert "trailing shapes" in str(out["mismatch"][0])
+        np.testing.assert_array_equal(out["queries"], queries)
+        np.testing.assert_array_equal(out["all_ids"], ref_ids)
+        np.testing.assert_array_equal(out["all_scores"], ref_scores)
+    root = np.load(tmp_path / "search0.npz")
+    np.testing.assert_array_equal(root["root_ids"], ref_ids[:, :SEARCH_K - 5])
+    np.testing.assert_array_equal(root["root_scores"], ref_scores[:, :SEARCH_K - 5])
+    assert np.load(tmp_path / "search1.npz")["root_is_none"].tolist() == [True]
+
+
+def test_collectives_without_process_group_return_the_local_data():
+    rows = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(distributed.all_gather_rows(rows), rows)
+    with pytest.raises(ConfigError):
+        distributed.all_gather_rows(None)
+    scores, ids = distributed.merge_topk_across_ranks(np.array([[1.0, 3.0]], np.float32), np.array([[4, 2]]), 3)
+    assert ids.tolist() == [[2, 4, -1]] and scores[0, :2].tolist() == [3.0, 1.0]
