@@ -2,7 +2,7 @@
 
 This is GC-DPR's ``generate_dense_embeddings`` / ``dense_retriever`` split and OpenMatch's
 ``build_index`` / ``retrieve``, on the cache's folder format (float32 ``.npy`` blocks written atomically,
-``ids.txt``, a manifest with checksums): shards written by independent jobs are read back as one index,
+``ids.json`` (a JSON list), a sidecar with key and SHA-256 per block, a manifest with checksums): shards written by independent jobs are read back as one index,
 in the order given, and an interrupted encoding resumes from its last finished block.
 """
 from __future__ import annotations

@@ -73,7 +73,8 @@ class ModelArguments:
     load_in_8bit: bool = field(default=False, metadata={"help": "Load weights in 8 bit (needs bitsandbytes + CUDA)."})
     fast_inference: bool = field(
         default=True,
-        metadata={"help": "Encode with densekit.modeling.fast_inference when not training (exact; BERT family)."},
+        metadata={"help": "CPU option. Encode with densekit.modeling.fast_inference when not training and the model is "
+                                  "on the CPU (exact; BERT family); on a GPU the model's own forward runs."},
     )
 
     def __post_init__(self) -> None:

@@ -94,6 +94,9 @@ class RetrievalTrainer(Trainer):
         elif getattr(self.args, "grad_cache", False):
             raise ConfigError("grad_cache needs RetrievalTrainingArguments.")
         self.add_callback(SetEpochCallback(self))
+        if hasattr(self.data_collator, "bind_model") and isinstance(self.model, torch.nn.Module):
+            # unset token budgets come from the model, as in evaluation (one encoding spec)
+            self.data_collator.bind_model(self.model)
 
     # ---------------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None, *args: Any, **kwargs: Any) -> Any:
@@ -199,12 +202,15 @@ class RetrievalTrainer(Trainer):
     # -------------------------------------------------------------------------------------- evaluation
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: Optional[list[str]] = None) -> tuple:
-        """``(loss, scores [B, G], label [B, G])``: each query against its own group of passages.
+        """``(loss, scores [B, G], labels)``: each query against its own group of passages.
 
-        The loss is left out (``None``) for a batch where some query has no positive (a dev group of
+        ``labels`` is ``label [B, G]``, or ``(label, passage_row [B, G])`` when the batch carries the
+        passages' corpus rows, so :class:`IRMetrics` tells a repeated document from two tied ones. The loss is left out (``None``) for a batch where some query has no positive (a dev group of
         judged negatives only), which InfoNCE cannot score; the metrics are computed all the same.
         """
-        inputs = self._prepare_inputs(_model_inputs(inputs))
+        inputs = self._prepare_inputs(inputs)
+        rows = inputs.get("passage_row")
+        inputs = _model_inputs(inputs)
         label = inputs.get("label")
         retriever = self.accelerator.unwrap_model(model)
         loss = None
@@ -221,7 +227,10 @@ class RetrievalTrainer(Trainer):
         if outputs.query is None or outputs.passage is None:
             raise ConfigError("evaluation batches need both 'query' and 'passage'.")
         scores = retriever.group_scores(outputs.query, outputs.passage).detach().float()
-        return loss, scores, (label.detach() if label is not None else None)
+        labels = label.detach() if label is not None else None
+        if labels is not None and rows is not None:
+            labels = (labels, rows)
+        return loss, scores, labels
 
     # ------------------------------------------------------------------------------------------ saving
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:

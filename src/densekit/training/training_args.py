@@ -35,6 +35,11 @@ class RetrievalTrainingArguments(TrainingArguments):
                                    query_chunk_size=64, passage_chunk_size=32)
     """
 
+    resume_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "A checkpoint folder (output_dir/checkpoint-N) to continue from, or true for the latest "
+                          "complete checkpoint in output_dir."},
+    )
     trove_logging_mode: LoggingMode = field(
         default="local_main_process",
         metadata={"help": "Which processes print densekit's logs: local_main_process (one per node), "
@@ -53,10 +58,12 @@ class RetrievalTrainingArguments(TrainingArguments):
     )
     grad_cache_workers: Optional[int] = field(
         default=None,
-        metadata={"help": "Parts each --grad_cache chunk is split into and encoded at once, one CPU core each "
-                          "(BERT-family models on CPU without DDP; needs seeded dropout, set up automatically). "
-                          "Default: one per torch thread (parts of >= 8 rows) where possible, else 1. Memory "
-                          "stays one chunk, plus one parameter-sized gradient sum per worker."},
+        metadata={"help": "CPU option. Parts each --grad_cache chunk is split into and encoded at once, one CPU "
+                          "core each (models on the CPU only, BERT family, without DDP; needs seeded dropout, set "
+                          "up automatically on the CPU). On a GPU chunks run one after another with torch's "
+                          "dropout, and a value above 1 is an error. Default: one per torch thread (parts of >= 8 "
+                          "rows) where possible, else 1. Memory stays one chunk, plus one parameter-sized "
+                          "gradient sum per worker."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: retrieval batches are dicts the model reads whole."}
