@@ -1,10 +1,14 @@
-"""Exact top-k search: densekit.exact_search vs faiss.IndexFlatIP, same data, same run, same threads.
+"""Exact top-k search: densekit's ExactSearcher vs faiss.IndexFlatIP, same data, same run, same threads.
 
-Also measures the peak resident memory of exact_search over a memory-mapped corpus (in a fresh child
-process), to show that memory is bounded by the chunk sizes rather than the corpus size.
+densekit is measured on the path the evaluator and ``densekit search`` use: an :class:`ExactSearcher`
+fed the corpus block by block (``--block-size`` rows per ``add``, 16384 like the evaluator's encoding
+blocks); ``exact_search`` is a loop over the same class. Also measures the peak resident memory of
+that search over a memory-mapped corpus, to show that memory is bounded by the block sizes and the
+running top-k rather than the corpus size.
 
-    python benchmarks/bench_search.py --queries 1000 --docs 20000 --dim 384 --topk 100
+    python benchmarks/bench_search.py --queries 1000 --docs 100000 --dim 384 --topk 100
     python benchmarks/bench_search.py --queries 10000 --docs 1000000 --memmap /tmp/corpus.f32 --repeat 1
+    python benchmarks/bench_search.py --queries 100000 --docs 1000000 --memmap /tmp/corpus.f32 --no-faiss
 
 Prints Markdown table rows. Run small sizes on shared machines; timings are the best of ``--repeat``
 interleaved runs. "ids equal" < 1 only from near-ties that the two BLAS libraries round differently;
@@ -38,10 +42,24 @@ def rss_kib(field: str) -> int:
     return 0
 
 
+def push_search(queries: np.ndarray, corpus: np.ndarray, topk: int, block_size: int, query_batch_size: int,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluator's way: one ExactSearcher, the corpus added block by block, then the results."""
+    from densekit.search import ExactSearcher
+
+    began, reported = time.perf_counter(), 0
+    with ExactSearcher(queries, topk, query_batch_size=query_batch_size) as searcher:
+        for start in range(0, corpus.shape[0], block_size):
+            searcher.add(start, corpus[start:start + block_size])
+            done = min(start + block_size, corpus.shape[0]) * 10 // corpus.shape[0]
+            if progress and done > reported:
+                reported = done
+                print(f"  {done * 10}% of the corpus after {time.perf_counter() - began:.0f}s", file=sys.stderr)
+        return searcher.results()
+
+
 def child_rss(args: argparse.Namespace) -> None:
     """Child process: search a memory-mapped (or fully loaded) corpus, report RSS before and peak (KiB)."""
-    from densekit.search import exact_search
-
     shape = (args.docs, args.dim)
     if args.rss_mode == "memmap":
         corpus = np.memmap(args.rss_child, dtype=np.float32, mode="r", shape=shape)
@@ -49,21 +67,19 @@ def child_rss(args: argparse.Namespace) -> None:
         corpus = np.fromfile(args.rss_child, dtype=np.float32).reshape(shape)
     queries = normalized(args.queries, args.dim, 1)
     warm = normalized(min(args.rss_chunk_size, args.docs), args.dim, 2)  # same shapes: allocator/BLAS warm
-    exact_search(queries, warm, args.topk, corpus_chunk_size=args.rss_chunk_size,
-                 query_batch_size=args.query_batch_size)
+    push_search(queries, warm, args.topk, args.rss_chunk_size, args.query_batch_size)
     del warm
     try:  # reset the peak (VmHWM) so it reflects the search only
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
     before = rss_kib("VmRSS")
-    exact_search(queries, corpus, args.topk, corpus_chunk_size=args.rss_chunk_size,
-                 query_batch_size=args.query_batch_size)
+    push_search(queries, corpus, args.topk, args.rss_chunk_size, args.query_batch_size)
     print(json.dumps({"before_kib": before, "peak_kib": rss_kib("VmHWM")}))
 
 
 def measure_rss(args: argparse.Namespace, corpus: np.ndarray) -> None:
-    """Peak RSS growth of exact_search over a memmapped corpus vs the same corpus already in RAM.
+    """Peak RSS growth of the search over a memmapped corpus vs the same corpus already in RAM.
 
     Equal growth for both means reading the memmap added nothing: memory is set by the chunk and
     query batch sizes (score block, candidates), not by the corpus size.
@@ -108,11 +124,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--topk", type=int, default=100)
-    parser.add_argument("--chunk-size", type=int, default=16384, help="exact_search corpus_chunk_size")
+    parser.add_argument("--block-size", type=int, default=16384, help="corpus rows per ExactSearcher.add")
     parser.add_argument("--query-batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=None, help="set torch and faiss threads (default: as is)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs; the best of each is reported")
-    parser.add_argument("--rss-chunk-size", type=int, default=2048, help="corpus chunk for the RSS measurement")
+    parser.add_argument("--rss-chunk-size", type=int, default=2048, help="block size for the RSS measurement")
+    parser.add_argument("--no-faiss", action="store_true", help="densekit only (e.g. the mining-sized run)")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--memmap", default=None, help="corpus file to create/reuse and search memory-mapped")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
@@ -122,14 +139,16 @@ def main() -> None:
         child_rss(args)
         return
 
-    import faiss
     import torch
-
-    from densekit.search import exact_search
 
     if args.threads:
         torch.set_num_threads(args.threads)
-        faiss.omp_set_num_threads(args.threads)
+    faiss = None
+    if not args.no_faiss:
+        import faiss
+
+        if args.threads:
+            faiss.omp_set_num_threads(args.threads)
     queries = normalized(args.queries, args.dim, 1)
     if args.memmap:
         corpus = memmap_corpus(args.memmap, args.docs, args.dim)
@@ -137,44 +156,52 @@ def main() -> None:
         corpus = normalized(args.docs, args.dim, 0)
 
     def ours_search() -> tuple[np.ndarray, np.ndarray]:
-        return exact_search(queries, corpus, args.topk, corpus_chunk_size=args.chunk_size,
-                            query_batch_size=args.query_batch_size)
+        return push_search(queries, corpus, args.topk, args.block_size, args.query_batch_size,
+                           progress=args.repeat == 1)
 
     ours, theirs, rss_growth = [], [], None
     if args.memmap:  # first densekit run before faiss holds its in-RAM copy: its own peak RSS
-        exact_search(queries, np.array(corpus[:8192]), args.topk, corpus_chunk_size=args.chunk_size,
-                     query_batch_size=args.query_batch_size)  # warm-up: thread pools, allocator
+        push_search(queries, np.array(corpus[:8192]), args.topk, args.block_size,
+                    args.query_batch_size)  # warm-up: thread pools, allocator, numba cache
         Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM)
         before = rss_kib("VmRSS")
         start = time.perf_counter()
         ours_scores, ours_ids = ours_search()
         ours.append(time.perf_counter() - start)
         rss_growth = (rss_kib("VmHWM") - before) / 1024
-    index = faiss.IndexFlatIP(args.dim)
-    for start in range(0, args.docs, 65536):
-        index.add(np.ascontiguousarray(corpus[start:start + 65536]))
-    for rep in range(args.repeat):  # interleaved, so both see the same machine load
-        if not (args.memmap and rep == 0):
+        rss_after = rss_kib("VmRSS") / 1024
+    if faiss is not None:
+        index = faiss.IndexFlatIP(args.dim)
+        for start in range(0, args.docs, 65536):
+            index.add(np.ascontiguousarray(corpus[start:start + 65536]))
+    for rep in range(args.repeat if faiss is not None or not args.memmap else 0):
+        if not (args.memmap and rep == 0):  # interleaved, so both see the same machine load
             start = time.perf_counter()
             ours_scores, ours_ids = ours_search()
             ours.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        faiss_scores, faiss_ids = index.search(queries, args.topk)
-        theirs.append(time.perf_counter() - start)
-    agree = float(np.mean(ours_ids == faiss_ids))
-    score_diff = float(np.max(np.abs(ours_scores - faiss_scores)))
-    ours_time, faiss_time = min(ours), min(theirs)
-
-    print("| queries | docs | dim | topk | chunk | qbatch | torch thr | faiss thr | densekit s | faiss s "
+        if faiss is not None:
+            start = time.perf_counter()
+            faiss_scores, faiss_ids = index.search(queries, args.topk)
+            theirs.append(time.perf_counter() - start)
+    ours_time = min(ours)
+    print("| queries | docs | dim | topk | block | qbatch | torch thr | faiss thr | densekit s | faiss s "
           "| ratio (ours/faiss) | ids equal | max score diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.queries} | {args.docs} | {args.dim} | {args.topk} | {args.chunk_size} | "
-          f"{args.query_batch_size} | {torch.get_num_threads()} | {faiss.omp_get_max_threads()} | "
-          f"{ours_time:.3f} | {faiss_time:.3f} | {ours_time / faiss_time:.2f}x | {agree:.4f} | {score_diff:.1e} |")
+    if faiss is not None:
+        agree = float(np.mean(ours_ids == faiss_ids))
+        score_diff = float(np.max(np.abs(ours_scores - faiss_scores)))
+        faiss_time = min(theirs)
+        print(f"| {args.queries} | {args.docs} | {args.dim} | {args.topk} | {args.block_size} | "
+              f"{args.query_batch_size} | {torch.get_num_threads()} | {faiss.omp_get_max_threads()} | "
+              f"{ours_time:.3f} | {faiss_time:.3f} | {ours_time / faiss_time:.2f}x | {agree:.4f} | {score_diff:.1e} |")
+    else:
+        print(f"| {args.queries} | {args.docs} | {args.dim} | {args.topk} | {args.block_size} | "
+              f"{args.query_batch_size} | {torch.get_num_threads()} | - | {ours_time:.3f} | - | - | - | - |")
     runs = f"densekit {' '.join(f'{t:.3f}' for t in ours)}; faiss {' '.join(f'{t:.3f}' for t in theirs)}"
     print(f"\nall runs (s): {runs}")
     if rss_growth is not None:
-        print(f"densekit peak RSS growth over the {corpus.nbytes / 2**20:.0f} MiB memmap: {rss_growth:.0f} MiB")
+        print(f"densekit peak RSS growth during the search over the {corpus.nbytes / 2**20:.0f} MiB memmap: "
+              f"{rss_growth:.0f} MiB (RSS {rss_after:.0f} MiB after it, memmap pages included)")
     if not args.skip_rss and not args.memmap:
         measure_rss(args, corpus)
 

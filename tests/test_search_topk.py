@@ -215,6 +215,21 @@ def test_exact_search_releases_memmap_pages_so_rss_stays_at_chunk_size(tmp_path)
     assert _mapped_rss_kib(path) <= 2 * 64 + 8  # ~one chunk (+ pages shared with neighbours), not 4096
 
 
+def test_exact_searcher_add_of_a_whole_memmapped_corpus_releases_its_pages(tmp_path) -> None:
+    # the evaluator's precompute path hands over a whole shard in one add(): it is read in pieces
+    queries, corpus = random_data(4, 40000, dim=64)  # 10 MiB file, 3 pieces of 16384 rows
+    path = tmp_path / "corpus.f32"
+    corpus.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=corpus.shape)
+    np.asarray(mapped[:256]).sum()
+    assert _mapped_rss_kib(path) >= 64
+    with ExactSearcher(queries, 5, threads=2) as searcher:
+        searcher.add(0, mapped)
+        got = searcher.results()
+    assert _mapped_rss_kib(path) <= 64
+    np.testing.assert_array_equal(got[1], exact_search(queries, corpus, 5)[1])
+
+
 # --- threshold filtering (FastResultHeapq keeps each query's k-th best and scans later blocks for
 # scores at or above it), checked against the same brute-force reference ---
 
