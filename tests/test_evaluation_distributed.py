@@ -67,3 +67,37 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path, broadcast):
     assert mined_one.keys() == mined_two.keys()
     for qid in mined_one:
         assert mined_one[qid] == pytest.approx(mined_two[qid], abs=1e-5)
+
+
+def encode_then_search_worker(rank, init_file, model_dir, beir, out, cache):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        encoder = make_evaluator(model_dir, beir, out, search_topk=8, encoding_block_size=4,
+                                 encoding_cache_dir=str(cache))
+        encoded = encoder.encode()["encoded"]
+        searcher = make_evaluator(model_dir, beir, out, search_topk=8, encoding_block_size=4,
+                                  encoding_cache_dir=str(cache))
+        result = searcher.search()
+        np.save(out / f"indices{rank}.npy", result.indices)
+        with open(out / f"counts{rank}.json", "w") as handle:
+            json.dump({"encoded": encoded, "search_encoded": searcher.embedder.rows_encoded}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_encode_writes_the_entries_search_reuses(tiny_model_dir, tmp_path):
+    """encode() shards like search(): each rank encodes its share once, and search() encodes nothing."""
+    torch.set_num_threads(1)
+    beir = write_beir(tmp_path / "beir", graded=True)
+    single = make_evaluator(tiny_model_dir, beir, tmp_path / "single", search_topk=8).search()
+    (tmp_path / "multi").mkdir()
+    mp.start_processes(encode_then_search_worker, args=(tmp_path / "init", tiny_model_dir, beir, tmp_path / "multi",
+                                                       tmp_path / "cache"),
+                       nprocs=WORLD, start_method="fork", join=True)
+    counts = [json.loads((tmp_path / "multi" / f"counts{r}.json").read_text()) for r in range(WORLD)]
+    assert sum(c["encoded"] for c in counts) == 6 + 18  # every text once, split between the ranks
+    assert all(c["encoded"] > 0 for c in counts)
+    assert [c["search_encoded"] for c in counts] == [0, 0]
+    for r in range(WORLD):
+        np.testing.assert_array_equal(np.load(tmp_path / "multi" / f"indices{r}.npy"), single.indices)
