@@ -4,8 +4,8 @@ A config names qrel, corpus and query files (each a path or a list of paths, mer
 applied to its records, in this order: ``min_score`` (keep score >= min_score), ``max_score`` (keep score <
 max_score), ``filter_fn`` (arbitrary predicate on (query_id, doc_id, score)), ``max_per_query`` (keep the k
 highest-scored documents of each query, ties by doc id, ranked on the score as read), ``score_transform`` (a
-constant or a callable on the score). :func:`materialize` turns a config into a :class:`MaterializedQRel`, and several
-configs merge with :func:`merge_materialized`, each processed its own way first.
+constant or a callable on the score). :func:`materialize` turns a config into a :class:`MaterializedQRel`; the
+judgments of several configs, each processed its own way first, merge with :func:`merge_qrels`.
 """
 from __future__ import annotations
 
