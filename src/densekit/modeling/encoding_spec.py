@@ -23,7 +23,7 @@ from densekit.cache import fingerprint, texts_fingerprint
 from densekit.errors import ConfigError
 
 KINDS = ("query", "passage")
-_HUGE = 1_000_000  # transformers' sentinel for "this tokenizer knows no limit" is far above this
+NO_LIMIT = 1_000_000  # transformers' sentinel for "no length limit known" is far above this
 # ModelArguments fields that change no vector (they matter to training only), or that name a location.
 _NOT_ENCODING_FIELDS = {"loss", "temperature", "model_name_or_path"}
 # Tokenizer init arguments that name files or locations: the same tokenizer elsewhere is the same tokenizer.
@@ -34,14 +34,14 @@ _TOKENIZER_PATH_FIELDS = {"name_or_path", "_name_or_path", "tokenizer_file", "vo
 def tokenizer_limit(tokenizer: Any) -> Optional[int]:
     """The tokenizer's own length limit (``model_max_length``), None when it declares none."""
     limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if isinstance(limit, (int, float)) and 0 < limit < _HUGE else None
+    return int(limit) if isinstance(limit, (int, float)) and 0 < limit < NO_LIMIT else None
 
 
 def _position_limit(model: Any) -> Optional[int]:
     encoder = getattr(model, "encoder", model)
     config = getattr(encoder, "config", None)
     positions = getattr(config, "max_position_embeddings", None)
-    return positions if isinstance(positions, int) and 0 < positions < _HUGE else None
+    return positions if isinstance(positions, int) and 0 < positions < NO_LIMIT else None
 
 
 def resolve_max_len(kind: str, explicit: Optional[int], model: Any, tokenizer: Any) -> Optional[int]:

@@ -31,9 +31,11 @@ import numba
 import numpy as np
 import torch
 
-# Architectures whose dropout sites all have the batch in dim 0 and whose attention dropout goes through
-# transformers' attention interface (``dropout=`` argument), so routing it to ``_seeded_attention`` seeds it.
-SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
+# SUPPORTED_MODEL_TYPES: architectures whose dropout sites all have the batch in dim 0 and whose attention
+# dropout goes through transformers' attention interface (``dropout=`` argument), so routing it to
+# ``_seeded_attention`` seeds it; the same BERT family as the chunked parallel forward supports.
+from densekit.modeling.fast_inference import SUPPORTED_MODEL_TYPES
+
 ATTENTION_NAME = "densekit_seeded_sdpa"
 
 _state = threading.local()  # .active = [row seeds (uint64 array), calls so far] of this thread's block

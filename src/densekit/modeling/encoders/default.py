@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from densekit.errors import ConfigError
 from densekit.modeling.encoders.base import PretrainedEncoder
+from densekit.modeling.encoding_spec import NO_LIMIT
 from densekit.modeling.fast_inference import accelerate_for_inference
 from densekit.modeling.model_args import POOLING_CHOICES, ModelArguments
 from densekit.modeling.st_config import read_st_defaults
 
-_HUGE = 1_000_000  # transformers uses a huge sentinel for "no limit known"
 
 
 def _dtype_kwarg() -> str:
@@ -63,7 +63,7 @@ def _model_length_limit(model_dir: str, config: Any) -> Optional[int]:
     (RoBERTa-style models have 514 positions but take 512 tokens)."""
     limits = []
     positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and 0 < positions < _HUGE:
+    if isinstance(positions, int) and 0 < positions < NO_LIMIT:
         limits.append(positions)
     tok_file = Path(model_dir) / "tokenizer_config.json"
     if tok_file.is_file():
@@ -71,7 +71,7 @@ def _model_length_limit(model_dir: str, config: Any) -> Optional[int]:
             value = json.loads(tok_file.read_text(encoding="utf-8")).get("model_max_length")
         except (json.JSONDecodeError, UnicodeDecodeError):
             value = None
-        if isinstance(value, (int, float)) and 0 < value < _HUGE:
+        if isinstance(value, (int, float)) and 0 < value < NO_LIMIT:
             limits.append(int(value))
     return min(limits) if limits else None
 
