@@ -8,7 +8,8 @@ runs in float32: reduced precision would change the vectors the cache keys promi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from pathlib import Path
+from typing import Literal, Optional, Union
 
 from transformers import TrainingArguments
 
@@ -58,6 +59,48 @@ class EvaluationArguments(TrainingArguments):
         default=False,
         metadata={"help": "Mining: also write merged_qrels.tsv = the dataset's judgments + mined documents as 0."},
     )
+    # Hard-negative selection (densekit.evaluation.mining explains each rule and the positive reference).
+    mine_num_negatives: Optional[int] = field(
+        default=None,
+        metadata={"help": "Mining: negatives kept per query (k). Unset: search_topk, which is then also the "
+                          "window size below mine_skip_top; set: search_topk is the search depth (R)."},
+    )
+    mine_skip_top: int = field(
+        default=0, metadata={"help": "Mining: skip the top r ranks (likely unjudged positives)."})
+    mine_max_rank: Optional[int] = field(
+        default=None,
+        metadata={"help": "Mining: deepest rank considered (R) and the search depth. Unset: search_topk when "
+                          "mine_num_negatives is set, else mine_skip_top + k (+ the most judged documents of a "
+                          "query with no_annot_in_mined_hn), as before these options."},
+    )
+    mine_sample: bool = field(
+        default=False,
+        metadata={"help": "Mining: a seeded uniform sample of k negatives from the window instead of the top k."})
+    mine_seed: int = field(default=0, metadata={"help": "Mining: seed of mine_sample (per query)."})
+    mine_relative_margin: Optional[float] = field(
+        default=None,
+        metadata={"help": "Mining: drop candidates scoring above this fraction of the reference positive's score, "
+                          "in (0, 1] (NV-Retriever TopK-PercPos: 0.95)."},
+    )
+    mine_absolute_margin: Optional[float] = field(
+        default=None,
+        metadata={"help": "Mining: drop candidates scoring above the reference positive's score minus this (>= 0)."})
+    mine_max_score: Optional[float] = field(
+        default=None, metadata={"help": "Mining: drop candidates scoring above this value."})
+    mine_positive_reference: Literal["min", "mean", "max"] = field(
+        default="min",
+        metadata={"help": "Mining: with several positives, the margins are measured from their min (default: "
+                          "the weakest positive, safest against false negatives), mean or max score."},
+    )
+    audit_qrels: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Mining audit: qrel files (e.g. other splits) in which kept negatives judged > 0 are "
+                          "counted as suspected false negatives."},
+    )
+    mine_audit: bool = field(
+        default=True, metadata={"help": "Mining: write the pool audit (report.md + audit.png) in output_dir."})
+    mine_audit_sample: int = field(
+        default=20, metadata={"help": "Mining audit: rows (kept and dropped) shown with their texts."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,5 +111,15 @@ class EvaluationArguments(TrainingArguments):
         if self.encoding_block_size < 1:
             raise ConfigError("encoding_block_size must be >= 1.")
         from densekit.evaluation.metrics import parse_measures
+        from densekit.evaluation.mining import MiningSettings
+
+        if self.mine_max_rank is not None and self.mine_max_rank < 1:
+            raise ConfigError(f"--mine_max_rank must be >= 1, got {self.mine_max_rank}.")
+        if self.mine_audit_sample < 0:
+            raise ConfigError(f"--mine_audit_sample must be >= 0, got {self.mine_audit_sample}.")
+        MiningSettings.from_args(self)  # a bad mining setting fails now, not after encoding
+        from densekit.data.qrels import require_files
+
+        require_files([Path(p) for p in self.audit_qrels or []], "--audit_qrels qrels")
 
         parse_measures(self.measures)  # fail now on an unknown measure name, not after encoding
