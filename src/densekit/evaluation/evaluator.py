@@ -29,7 +29,8 @@ from densekit.evaluation.encoding import encode_texts
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
 from densekit.evaluation.output import SearchResult, check_reporters, report_metrics, write_evaluation
-from densekit.modeling.encoding_spec import KINDS, EncodingSpec, encoding_spec, model_key
+from densekit.modeling.encoding_spec import (KINDS, EncodingSpec, encoding_spec, model_key,
+                                             weights_fingerprint)
 from densekit.search.topk import ExactSearcher
 
 logger = logging.getLogger(__name__)
@@ -282,51 +283,62 @@ class RetrievalEvaluator:
 
     # ------------------------------------------------------------------------------------- mining
     def mine_hard_negatives(self, eval_dataset: Optional[MultiLevelDataset] = None) -> dict[str, Path]:
-        """Retrieve ``search_topk`` documents per query and write them as a qrel file of similarity scores.
+        """Mine hard negatives for every judged query with the selection rules of ``args`` and write them.
 
-        With ``no_annot_in_mined_hn`` every document the dataset annotates for a query (after the dataset's
-        own filters, so ``min_score=1`` lets annotated negatives through) is left out, and the search goes
-        deep enough that each query still gets ``search_topk`` documents when the corpus allows.
-        Writes ``output_dir/mined_qrels.tsv`` (query-id, corpus-id, similarity) and, with
-        ``merge_mined_qrels``, ``output_dir/merged_qrels.tsv``: every judgment of the dataset with its
-        label, plus each mined document not judged for that query with label 0, ready for training.
+        The rules (:mod:`densekit.evaluation.mining`): a rank window (``mine_skip_top`` r, ``mine_max_rank``
+        R), ``no_annot_in_mined_hn`` (every document the dataset annotates for a query, after the dataset's own
+        filters, is left out), ``mine_max_score``, and margins to the query's judged positives
+        (``mine_relative_margin``, ``mine_absolute_margin``, measured from the ``mine_positive_reference``
+        score of its positives, computed exactly even when they rank deeper than the search); then the first
+        k (``mine_num_negatives``, default ``search_topk``) survivors, or a seeded sample of k
+        (``mine_sample``). Without these options mining keeps the ``search_topk`` best documents as before.
+
+        Writes into ``output_dir``: ``mined_qrels.tsv`` (query-id, corpus-id, similarity, best first; what
+        training reads), ``mined_run.trec`` (the same negatives with their rank in the search and score),
+        ``mining.json`` (settings, counts per rule, fingerprint of model, data and settings), with
+        ``merge_mined_qrels`` ``merged_qrels.tsv`` (every judgment with its label plus each mined document not
+        judged for that query as 0), and with ``mine_audit`` the audit ``report.md`` + ``audit.png``.
+        Returns the paths by role (``mined``, ``run``, ``info``, ``merged``, ``report``, ``plot``).
         """
+        from densekit.data.formats import read_qrels
+        from densekit.evaluation.audit import write_audit
+        from densekit.evaluation.mining import (MiningSettings, mine_pool, pool_fingerprint, score_positives,
+                                                settings_record, write_mined)
+
         began = time.perf_counter()
         dataset = self._dataset(eval_dataset)
-        k = self.args.search_topk
-        depth = k
-        if self.args.no_annot_in_mined_hn:
-            depth = k + max((len(dataset.qrels.get(q, {})) for q in dataset.query_ids), default=0)
-        result = self.search(dataset, topk=min(depth, len(dataset.corpus)))
+        settings = MiningSettings.from_args(self.args)
+        audit_qrels = {str(p): read_qrels(p) for p in self.args.audit_qrels or []}  # read now: errors come early
+        max_judged = max((len(dataset.qrels.get(q, {})) for q in dataset.query_ids), default=0)
+        depth = min(settings.depth(max_judged), len(dataset.corpus))
+        result = self.search(dataset, topk=depth)
         output_dir = Path(self.args.output_dir)
-        paths = {"mined": output_dir / "mined_qrels.tsv"}
-        if self.args.merge_mined_qrels:
-            paths["merged"] = output_dir / "merged_qrels.tsv"
         if result is None or distributed.rank() != 0:
             distributed.barrier()
-            return paths
-        mined: dict[str, dict[str, float]] = {}
-        for row, qid in enumerate(result.query_ids):
-            annotated = dataset.qrels.get(qid, {}) if self.args.no_annot_in_mined_hn else {}
-            docs: dict[str, float] = {}
-            for index, score in zip(result.indices[row], result.scores[row]):
-                if index < 0 or len(docs) == k:
-                    break
-                doc_id = result.doc_ids[index]
-                if doc_id not in annotated:
-                    docs[doc_id] = float(score)
-            mined[qid] = docs
-        write_qrels(paths["mined"], mined)
-        if self.args.merge_mined_qrels:
-            merged = {qid: dict(docs) for qid, docs in dataset.qrels.items()}
-            for qid, docs in mined.items():
-                target = merged.setdefault(qid, {})
-                for doc_id in docs:
-                    target.setdefault(doc_id, 0)
-            write_qrels(paths["merged"], merged)
-        count = sum(len(d) for d in mined.values())
-        print(f"densekit mine: {count} documents for {len(mined)} queries "
-              f"({count / max(1, len(mined)):.1f} per query) -> {paths['mined']} "
+            return {"mined": output_dir / "mined_qrels.tsv",
+                    **({"merged": output_dir / "merged_qrels.tsv"} if self.args.merge_mined_qrels else {})}
+        progress = not self.args.disable_tqdm
+        pool = mine_pool(result, dataset, score_positives(self, dataset, result), settings, progress=progress)
+        specs = self.encoding_specs(dataset)
+        weights = self.embedder.weights() or weights_fingerprint(self.model)
+        keys = {kind: model_key(spec, self.model, weights) for kind, spec in specs.items()}
+        record = settings_record(settings, depth)
+        fingerprint, parts = pool_fingerprint(keys, dataset, record)
+        info = {"fingerprint": fingerprint, "fingerprint_parts": parts, "settings": record,
+                "audit_qrels": [str(p) for p in self.args.audit_qrels or []],
+                "encoding": self.describe_encoding(dataset)}
+        paths = write_mined(output_dir, pool, tag=self.args.run_tag, merge_qrels=self.args.merge_mined_qrels,
+                            info=info)
+        if self.args.mine_audit:
+            paths.update(write_audit(output_dir, pool, dataset, info, audit_qrels=audit_qrels,
+                                     sample=self.args.mine_audit_sample, seed=settings.seed))
+        counts = pool.counts()
+        dropped = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in counts.items()
+                            if k.startswith("dropped_") and v)
+        print(f"densekit mine: {counts['kept']} negatives for {counts['queries']} queries "
+              f"({counts['kept'] / max(1, counts['queries']):.1f} per query, {counts['queries_with_fewer_than_k']} "
+              f"with fewer than {settings.num_negatives}) from {counts['candidates']} candidates"
+              f"{'; dropped: ' + dropped if dropped else ''} -> {paths['mined']} "
               f"in {time.perf_counter() - began:.1f}s", flush=True)
         distributed.barrier()
         return paths
