@@ -9,12 +9,16 @@ from densekit.errors import DensekitError
 
 # sub-command -> (module, one-line help)
 COMMANDS = {
-    "evaluate": ("densekit.cli.evaluate", "encode a corpus and queries, search, score: run.trec + metrics.json"),
+    "evaluate": ("densekit.cli.evaluate", "encode a corpus and queries, search, score: run.trec + metrics.json; "
+                                          "or score a run file: --run RUN --qrels Q [-m M] [-q] [-c]"),
     "train": ("densekit.cli.train", "fine-tune a bi-encoder (InfoNCE, gradient cache, LoRA) from a BEIR folder or qrels"),
     "encode": ("densekit.cli.encode", "embed a corpus/query file (or one shard) into a resumable embedding folder"),
     "search": ("densekit.cli.search", "exact top-k over embedding folders -> run.trec (+ metrics with --qrels)"),
     "mine": ("densekit.cli.mine", "hard negatives for judged queries -> mined_qrels.tsv (+ merged_qrels.tsv, Tevatron train.jsonl)"),
     "convert": ("densekit.cli.convert", "convert data: beir|tevatron|dpr|tsv|hf|ir_datasets -> beir|tevatron|trec"),
+    "compare": ("densekit.cli.compare", "significance of run differences: compare RUN_A RUN_B ... --qrels Q "
+                                        "(t-test, randomization, bootstrap CI, Holm)"),
+    "export": ("densekit.cli.export", "write a model as a sentence-transformers folder with a model card (README.md)"),
     "demo": ("densekit.cli.demo", "evaluate the bundled MiniLM on the built-in demo collection (no download)"),
 }
 

@@ -215,6 +215,12 @@ def evaluate_run_dict(
     measures: Union[str, Iterable[Union[str, Measure]], None] = None,
 ) -> MetricResults:
     """Same as :func:`compute_metrics` for a run given as ``{qid: {docid: score}}`` (e.g. a TREC run file)."""
+    return compute_metrics(qrels, *run_arrays(run), measures)
+
+
+def run_arrays(run: Mapping[str, Mapping[str, float]]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """``(query_ids, doc_indices, scores, doc_ids)`` of a ``{qid: {docid: score}}`` run, the arrays that
+    :func:`compute_metrics` and :func:`metrics_at_every_cutoff` read (rows padded with index -1)."""
     query_ids = list(run)
     doc_pos: dict[str, int] = {}
     depth = max((len(docs) for docs in run.values()), default=0)
@@ -225,7 +231,61 @@ def evaluate_run_dict(
         ids = [doc_pos.setdefault(d, len(doc_pos)) for d in docs]
         indices[row, : len(ids)] = ids
         values[row, : len(ids)] = list(docs.values())
-    return compute_metrics(qrels, query_ids, indices, values, list(doc_pos), measures)
+    return query_ids, indices, values, list(doc_pos)
+
+
+def metrics_at_every_cutoff(
+    qrels: Mapping[str, Mapping[str, int]],
+    query_ids: Sequence[str],
+    doc_indices: np.ndarray,
+    scores: np.ndarray,
+    doc_ids: Sequence[str],
+    max_k: int = 1000,
+) -> dict[str, np.ndarray]:
+    """Mean nDCG@k and Recall@k for every k = 1 .. K at once, K = min(``max_k``, run depth).
+
+    A metric-vs-cutoff curve is 2 x 1000 measures; asking :func:`compute_metrics` (or pytrec_eval) for each
+    would rank and match the run 1000 times. Here the run is ranked and matched once, as in
+    :func:`compute_metrics` (same evaluated queries, same trec_eval semantics), and the per-rank gains
+    become (queries x K) matrices whose running sums along the ranks are DCG@k, ideal DCG@k and the
+    relevant documents found by k; value ``[k - 1]`` equals ``compute_metrics``'s nDCG@k / Recall@k.
+    Returns ``{"k": 1..K, "nDCG": (K,), "Recall": (K,)}``.
+    """
+    indices, values = _check_run(query_ids, doc_indices, scores, len(doc_ids))
+    evaluated = [i for i, q in enumerate(query_ids) if qrels.get(q)]
+    if not evaluated:
+        raise InputError(f"None of the {len(query_ids)} run queries has a judgment in qrels.",
+                         fix="check that the run and the qrels use the same query ids (and the right split).")
+    if max_k < 1:
+        raise ConfigError(f"max_k must be a positive integer, got {max_k}.")
+    rows = np.asarray(evaluated, dtype=np.int64)
+    indices, values = indices[rows], values[rows]
+    qids = [query_ids[i] for i in evaluated]
+    judgments = _judgment_arrays(qrels, qids, doc_ids)
+    depth = min(max_k, indices.shape[1])
+    ndcg_sum = np.zeros(depth, dtype=np.float64)
+    recall_sum = np.zeros(depth, dtype=np.float64)
+    step = max(1, _BLOCK_ENTRIES // max(1, depth, indices.shape[1]))
+    for start in range(0, len(qids) if depth else 0, step):
+        stop = min(start + step, len(qids))
+        ranked = _trec_order(indices[start:stop], values[start:stop], doc_ids)
+        hit_rows, hit_cols, gains = _relevant_hits(ranked, start, judgments, len(doc_ids))
+        within = hit_cols < depth
+        hit_rows, hit_cols, gains = hit_rows[within], hit_cols[within], gains[within]
+        dcg = np.zeros((stop - start, depth))
+        dcg[hit_rows, hit_cols] = gains / np.log2(hit_cols + 2.0)
+        found = np.zeros((stop - start, depth))
+        found[hit_rows, hit_cols] = 1.0
+        lo, hi = np.searchsorted(judgments.gain_rows, [start, stop])
+        ideal_rows, ideal_rank = judgments.gain_rows[lo:hi] - start, judgments.gain_rank[lo:hi]
+        keep = ideal_rank < depth
+        ideal = np.zeros((stop - start, depth))
+        ideal[ideal_rows[keep], ideal_rank[keep]] = judgments.gains[lo:hi][keep] / np.log2(ideal_rank[keep] + 2.0)
+        dcg, ideal, found = np.cumsum(dcg, axis=1), np.cumsum(ideal, axis=1), np.cumsum(found, axis=1)
+        ndcg_sum += np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0).sum(axis=0)
+        num_rel = judgments.num_rel[start:stop].astype(np.float64)
+        recall_sum += (found / np.where(num_rel > 0, num_rel, 1.0)[:, None]).sum(axis=0)
+    return {"k": np.arange(1, depth + 1), "nDCG": ndcg_sum / len(qids), "Recall": recall_sum / len(qids)}
 
 
 def _check_run(query_ids: Sequence[str], doc_indices, scores, num_docs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -413,4 +473,4 @@ def _ideal_dcg(judgments: _Judgments, rows: slice, cutoff: Optional[int]) -> np.
 
 
 __all__ = ["DEFAULT_MEASURES", "Measure", "MetricResults", "compute_metrics", "evaluate_run_dict",
-           "parse_measures"]
+           "metrics_at_every_cutoff", "parse_measures", "run_arrays"]
