@@ -16,6 +16,7 @@ from transformers import BatchEncoding
 from densekit.data.data_args import DataArguments
 from densekit.errors import ConfigError, InputError
 from densekit.modeling.encoding_spec import resolve_max_len, tokenizer_limit
+from densekit.modeling.losses.false_negatives import NO_ROW, text_hashes
 
 
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_len: Optional[int],
@@ -95,7 +96,11 @@ class RetrievalCollator:
 
     Returns ``{"query": BatchEncoding [B, Tq], "passage": BatchEncoding [B*G, Tp], "label": Tensor [B, G]}``
     with only the keys the examples have. Passages of all groups are flattened in order, so query ``i``'s
-    group is rows ``i*G .. i*G+G-1``.
+    group is rows ``i*G .. i*G+G-1``. For in-batch false-negative masking (see
+    :mod:`densekit.modeling.losses.false_negatives`) it adds what the loss compares passages by:
+    ``passage_row`` ``[B, G]`` (corpus rows, when the examples have them), ``passage_hash`` ``[B, G]``
+    (a stable 64-bit hash of every passage text) and ``positive_rows`` ``[B, K]`` (every judged positive
+    row of each query, padded with -1, when the examples have them).
 
     Token budgets: ``data_args.query_max_len`` / ``passage_max_len`` when set, else the model's limit.
     The model's limit is known once the collator is bound to the model it serves (:meth:`bind_model`,
@@ -171,6 +176,27 @@ class RetrievalCollator:
                 raise InputError(f"labels have shape {tuple(batch['label'].shape)} but there are "
                                  f"{batch['passage']['input_ids'].size(0)} passages; give one label per passage")
         if any("passage_row" in ex for ex in examples):
-            # corpus rows of the passages: IR metrics tell a repeated document from a tie by them
+            # corpus rows of the passages: IR metrics tell a repeated document from a tie by them, and
+            # the loss a judged positive of another query from a true negative
             batch["passage_row"] = torch.tensor([ex["passage_row"] for ex in examples], dtype=torch.int64)
+        if "passage" in batch and "query" in batch:
+            # the same text under two document ids is the same passage for false-negative masking (only
+            # batches that score queries against passages need it)
+            batch["passage_hash"] = torch.tensor(text_hashes(flat), dtype=torch.int64).reshape(len(examples), -1)
+        if any("positive_rows" in ex for ex in examples):
+            batch["positive_rows"] = pad_rows([ex.get("positive_rows", ()) for ex in examples])
         return batch
+
+
+def pad_rows(row_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Lists of corpus rows of different lengths as one int64 ``[B, longest]`` tensor padded with ``NO_ROW``.
+
+    Each example's judged positive rows (``positive_rows``) have their own count (one query has 2,
+    another 400); the loss reads the padding as "no row".
+    """
+    width = max((len(rows) for rows in row_lists), default=0)
+    out = torch.full((len(row_lists), width), NO_ROW, dtype=torch.int64)
+    for i, rows in enumerate(row_lists):
+        if len(rows):
+            out[i, :len(rows)] = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    return out

@@ -166,12 +166,17 @@ class BinaryDataset(torch.utils.data.Dataset):
             positives): what a BEIR train split, which judges positives only, needs.
         format_query / format_passage: the model's formatting (``model.format_query``...).
         store_cache_dir: where Arrow copies of corpus/query files are kept between runs (optional).
+        num_positives: positives per group (default ``data_args.num_positives`` if that exists, else 1),
+            for multi-positive InfoNCE on collections with many judged positives per query. A query with
+            fewer positives uses all of them and fills its group with more negatives.
 
     Items have the same layout as :class:`MultiLevelDataset`'s: ``{"query_id", "query", "passage":
-    [group_size str], "label": [1.0, 0.0, ...]}``, the positive first.
+    [group_size str], "label": [1.0, 0.0, ...]}``, the positive(s) first, plus ``"passage_row"`` (the
+    passages' corpus rows) and ``"positive_rows"`` (every judged positive row of the query), which the
+    collator passes on so that the loss can leave in-batch false negatives out.
 
     Sampling: example ``index`` of epoch ``e`` draws with ``example_rng(sampling_seed, e, index)``: the
-    positive uniformly among the query's positives, the negatives without replacement among its negatives,
+    positive uniformly among the query's positives (``num_positives`` of them without replacement), the negatives without replacement among its negatives,
     so the same (seed, epoch, index) always gives the same group, in any worker or process.
 
     Queries are those of the query file(s), in file order, that have at least one positive. Counted
@@ -195,8 +200,12 @@ class BinaryDataset(torch.utils.data.Dataset):
         format_query: Optional[FormatQuery] = None,
         format_passage: Optional[FormatPassage] = None,
         store_cache_dir: Optional[str | Path] = None,
+        num_positives: Optional[int] = None,
     ) -> None:
         self.data_args = data_args
+        self.num_positives = _check_num_positives(
+            num_positives if num_positives is not None else getattr(data_args, "num_positives", 1),
+            data_args.group_size)
         self.format_query = format_query or _default_format_query
         self.format_passage = format_passage or _default_format_passage
         self.positive_configs = as_config_list(positive_configs)
@@ -216,7 +225,7 @@ class BinaryDataset(torch.utils.data.Dataset):
 
     def _build_index(self, positives: dict[str, dict[str, float]], negatives: dict[str, dict[str, float]]) -> None:
         """Keep the usable queries and their documents as row numbers; warn (counted) about the rest."""
-        wanted = self.data_args.group_size - 1
+        group_size = self.data_args.group_size
         skip_short = self.data_args.short_negatives == "skip"
         # check_qrels has already made sure every judged query is in the query file(s)
         self.skipped = {"no_positive": sum(1 for q in negatives if not positives.get(q)),
@@ -232,6 +241,7 @@ class BinaryDataset(torch.utils.data.Dataset):
             if not pos:
                 continue
             neg = sorted(d for d in negatives.get(qid, {}) if d not in pos)
+            wanted = group_size - min(self.num_positives, len(pos))
             if self.random_negatives:
                 pass  # drawn from the corpus in group_rows, all distinct: never short, short_negatives moot
             elif wanted > 0 and not neg:
@@ -253,6 +263,7 @@ class BinaryDataset(torch.utils.data.Dataset):
         self._neg_offsets = np.concatenate([[0], np.cumsum(neg_counts, dtype=np.int64)]).astype(np.int64)
         self._pos_rows = self.corpus.indices_of(pos_ids) if pos_ids else np.zeros(0, np.int64)
         self._neg_rows = self.corpus.indices_of(neg_ids) if neg_ids else np.zeros(0, np.int64)
+        wanted = group_size - 1
         self._warn_counts(wanted)
         most_positives = max(pos_counts, default=0)
         if self.random_negatives and len(self.corpus) - most_positives < wanted:
@@ -290,15 +301,23 @@ class BinaryDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.query_ids)
 
-    def group_rows(self, index: int) -> np.ndarray:
-        """Corpus row numbers of example ``index`` in this epoch: the positive, then the negatives."""
+    def positive_rows(self, index: int) -> np.ndarray:
+        """Corpus rows of every judged positive of example ``index`` (what false-negative masking reads)."""
+        return self._pos_rows[self._pos_offsets[index]:self._pos_offsets[index + 1]]
+
+    def group_rows(self, index: int, epoch: Optional[int] = None) -> np.ndarray:
+        """Corpus row numbers of example ``index`` in ``epoch`` (default: the current one): the positives,
+        then the negatives. Rows only, no text: cheap enough for a batch sampler to read for every example."""
         if not 0 <= index < len(self.query_ids):
             raise IndexError(f"example {index} out of range 0..{len(self.query_ids) - 1}")
-        rng = example_rng(self.data_args.sampling_seed, self.epoch, index)
-        pos = self._pos_rows[self._pos_offsets[index]:self._pos_offsets[index + 1]]
+        rng = example_rng(self.data_args.sampling_seed, self.epoch if epoch is None else epoch, index)
+        pos = self.positive_rows(index)
         neg = self._neg_rows[self._neg_offsets[index]:self._neg_offsets[index + 1]]
-        wanted = self.data_args.group_size - 1
-        positive = pos[rng.integers(len(pos))]
+        if self.num_positives == 1:  # the single-positive draw, kept as it was so seeded groups stay the same
+            positives = pos[[rng.integers(len(pos))]]
+        else:
+            positives = pos[np.sort(rng.choice(len(pos), size=min(self.num_positives, len(pos)), replace=False))]
+        wanted = self.data_args.group_size - len(positives)
         if self.random_negatives:  # uniform over the corpus, never a positive, never twice
             excluded, drawn = set(pos.tolist()), []
             while len(drawn) < wanted:  # terminates: __init__ checked the corpus has enough documents
@@ -313,12 +332,17 @@ class BinaryDataset(torch.utils.data.Dataset):
             chosen = neg[rng.choice(len(neg), size=wanted, replace=False)]
         else:  # every negative once, then the rest drawn with replacement
             chosen = np.concatenate([rng.permutation(neg), neg[rng.integers(0, len(neg), size=wanted - len(neg))]])
-        return np.concatenate([[positive], chosen]).astype(np.int64)
+        return np.concatenate([positives, chosen]).astype(np.int64)
+
+    def group_labels(self, index: int, epoch: Optional[int] = None) -> list[float]:
+        """Labels of :meth:`group_rows`: 1.0 for each positive, then 0.0."""
+        count = min(self.num_positives, int(self._pos_offsets[index + 1] - self._pos_offsets[index]))
+        return [1.0] * count + [0.0] * (self.data_args.group_size - count)
 
     def select_group(self, index: int) -> list[tuple[str, float]]:
-        """The (doc id, label) pairs of example ``index`` in this epoch (positive first)."""
+        """The (doc id, label) pairs of example ``index`` in this epoch (positives first)."""
         rows = self.group_rows(index)
-        return [(self.corpus.id_at(int(r)), 1.0 if i == 0 else 0.0) for i, r in enumerate(rows)]
+        return [(self.corpus.id_at(int(r)), label) for r, label in zip(rows, self.group_labels(index))]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         qid = self.query_ids[index]
@@ -327,5 +351,77 @@ class BinaryDataset(torch.utils.data.Dataset):
         query = self.format_query(self.queries.text_at(int(self._query_rows[index])), dataset=name)
         passages = [self.format_passage(text, title=title or None, dataset=name)
                     for title, text in zip(self.corpus.titles(rows), self.corpus.texts(rows))]
-        return {"query_id": qid, "query": query, "passage": passages, "label": [1.0] + [0.0] * (len(rows) - 1),
-                "passage_row": [int(r) for r in rows]}
+        return {"query_id": qid, "query": query, "passage": passages, "label": self.group_labels(index),
+                "passage_row": [int(r) for r in rows], "positive_rows": self.positive_rows(index).tolist()}
+
+
+def _check_num_positives(value: Any, group_size: int) -> int:
+    """``num_positives`` must leave a place in the group for each positive: 1 <= value <= group_size."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= group_size:
+        raise ConfigError(f"num_positives must be an integer from 1 to group_size ({group_size}), got {value!r}.")
+    return int(value)
+
+
+class MultiSourceDataset(torch.utils.data.Dataset):
+    """Several training datasets one after another, for batches drawn from one dataset at a time.
+
+    Why: in-batch negatives from another collection are easy negatives (a medical query against a
+    finance passage), and the corpus rows that false-negative masking compares mean nothing across
+    corpora. So each batch must come from one source; :class:`~densekit.data.sampling.GroupBatchSampler`
+    reads :attr:`sources` and makes such batches (``sampling``: ``"proportional"`` or ``"round_robin"``),
+    and :class:`~densekit.RetrievalTrainer` uses it for this dataset.
+
+    Index ``i`` is example ``i - start`` of the source whose index range holds it. ``set_epoch`` and
+    ``group_rows`` are passed on to the sources. All sources must have the same ``group_size``.
+    """
+
+    SAMPLINGS = ("proportional", "round_robin")
+
+    def __init__(self, datasets: Sequence[torch.utils.data.Dataset], sampling: str = "proportional") -> None:
+        if not datasets:
+            raise ConfigError("MultiSourceDataset needs at least one dataset.")
+        if sampling not in self.SAMPLINGS:
+            raise ConfigError(f"multi-dataset sampling {sampling!r} is unknown; use one of {', '.join(self.SAMPLINGS)}.")
+        sizes = {getattr(getattr(d, "data_args", None), "group_size", None) for d in datasets}
+        if len(sizes) != 1:
+            raise ConfigError(f"the datasets have different group sizes {sorted(map(str, sizes))}; a batch "
+                              "needs one group size. Build them with the same DataArguments.group_size.")
+        self.datasets = list(datasets)
+        self.sampling = sampling
+        self.data_args = getattr(self.datasets[0], "data_args", None)
+        self.starts = np.concatenate([[0], np.cumsum([len(d) for d in self.datasets])]).astype(np.int64)
+        self.epoch = 0
+
+    @property
+    def sources(self) -> list[range]:
+        """The index range of every source, in order."""
+        return [range(int(a), int(b)) for a, b in zip(self.starts[:-1], self.starts[1:])]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(source, index in that source)`` of global ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} out of range 0..{len(self) - 1}")
+        source = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return source, int(index - self.starts[source])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell every source the epoch (new seeded groups each epoch)."""
+        self.epoch = int(epoch)
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+
+    def group_rows(self, index: int, epoch: Optional[int] = None) -> np.ndarray:
+        """The corpus rows of example ``index``'s group (rows of its own source's corpus)."""
+        source, local = self.locate(index)
+        dataset = self.datasets[source]
+        if hasattr(dataset, "group_rows"):
+            return dataset.group_rows(local, epoch)
+        return np.asarray(dataset[local]["passage_row"], dtype=np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        source, local = self.locate(index)
+        return self.datasets[source][local]

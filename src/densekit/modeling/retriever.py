@@ -17,6 +17,7 @@ from densekit import distributed
 from densekit.errors import ConfigError
 from densekit.modeling.encoders import PretrainedEncoder, read_densekit_config
 from densekit.modeling.losses import RetrievalLoss
+from densekit.modeling.losses.false_negatives import false_negative_mask
 from densekit.modeling.model_args import ModelArguments
 
 
@@ -119,15 +120,18 @@ class BiEncoderRetriever(torch.nn.Module):
         return self.encoder.similarity(query, passage)
 
     def forward(self, query: Optional[dict] = None, passage: Optional[dict] = None,
-                label: Optional[torch.Tensor] = None) -> RetrieverOutput:
+                label: Optional[torch.Tensor] = None, passage_row: Optional[torch.Tensor] = None,
+                positive_rows: Optional[torch.Tensor] = None,
+                passage_hash: Optional[torch.Tensor] = None) -> RetrieverOutput:
         """Embed whatever is given, score every query against every passage, and compute the loss.
 
         ``query`` / ``passage`` / ``label`` are the keys of a :class:`~densekit.data.collator.RetrievalCollator`
         batch: passages flattened group after group, ``label`` ``[Q, G]``. ``logits`` are the local scores
         ``[Q, Q*G]``. The loss is computed when both sides are given and either a label is given or the
         model is training (no label: the first passage of each group is the positive); see
-        :meth:`compute_loss` for cross-device negatives. Only one side given -> embeddings only, which is
-        what evaluation and the gradient cache's chunked passes ask for.
+        :meth:`compute_loss` for cross-device negatives and for ``passage_row`` / ``positive_rows`` /
+        ``passage_hash`` (in-batch false-negative masking). Only one side given -> embeddings only, which
+        is what evaluation and the gradient cache's chunked passes ask for.
         """
         query_embs = self.encode_query(query) if query is not None else None
         passage_embs = self.encode_passage(passage) if passage is not None else None
@@ -135,12 +139,17 @@ class BiEncoderRetriever(torch.nn.Module):
         if query_embs is not None and passage_embs is not None:
             logits = self.similarity(query_embs, passage_embs)
             if self.loss_fn is not None and (label is not None or self.training):
-                loss = self.compute_loss(query_embs, passage_embs, label, local_logits=logits)
+                loss = self.compute_loss(query_embs, passage_embs, label, local_logits=logits,
+                                         passage_row=passage_row, positive_rows=positive_rows,
+                                         passage_hash=passage_hash)
         return RetrieverOutput(loss=loss, logits=logits, query=query_embs, passage=passage_embs)
 
     def compute_loss(self, query_embs: torch.Tensor, passage_embs: torch.Tensor,
                      label: Optional[torch.Tensor] = None,
-                     local_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     local_logits: Optional[torch.Tensor] = None,
+                     passage_row: Optional[torch.Tensor] = None,
+                     positive_rows: Optional[torch.Tensor] = None,
+                     passage_hash: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The training loss of a batch of embeddings, with negatives from every device.
 
         Under ``torch.distributed`` the query and passage embeddings (and labels) of every rank are
@@ -149,17 +158,53 @@ class BiEncoderRetriever(torch.nn.Module):
         gives the full-batch gradient (see :mod:`densekit.distributed`); divide by ``world_size`` to
         report it. Without a process group this is ``loss_fn(q @ p.T, label)``. The gradient cache
         calls this same function on its cached representations.
+
+        In-batch false negatives: when the loss accepts a mask (InfoNCE, multi-positive InfoNCE) and the
+        batch says which corpus row (``passage_row [Q, G]``) or text (``passage_hash [Q, G]``) each
+        passage is, and optionally every judged positive row of each query (``positive_rows [Q, K]``,
+        padded with -1), the columns that are judged positives or copies of a query's own positive are
+        left out of its negatives (:func:`~densekit.modeling.losses.false_negatives.false_negative_mask`).
+        Under torch.distributed each rank builds the mask rows of its own queries against the gathered
+        passages' rows and hashes (its queries' judged positives never leave the rank), and the rows are
+        gathered like the labels, so the global mask is the one a single process would build.
         """
         if self.loss_fn is None:
             raise ConfigError("this retriever has no loss; set ModelArguments.loss (e.g. 'infonce') to train it.")
+        wants_mask = getattr(self.loss_fn, "accepts_mask", False) and (passage_row is not None or
+                                                                      passage_hash is not None)
         if not distributed.is_distributed():
             logits = local_logits if local_logits is not None else self.similarity(query_embs, passage_embs)
-            return self.loss_fn(logits, label)
+            if not wants_mask:
+                return self.loss_fn(logits, label)
+            mask = false_negative_mask(_label_or_first(label, logits.shape, logits.device), _flat(passage_row), positive_rows,
+                                       _flat(passage_hash))
+            return self.loss_fn(logits, label, mask=mask)
         query_all = distributed.gather_with_grad(query_embs)
         passage_all = distributed.gather_with_grad(passage_embs)
         label_all = None if label is None else distributed.gather_with_grad(label.detach().float())
-        loss = self.loss_fn(self.similarity(query_all, passage_all), label_all)
-        return loss * distributed.world_size()
+        logits = self.similarity(query_all, passage_all)
+        if not wants_mask:
+            return self.loss_fn(logits, label_all) * distributed.world_size()
+        mask = self._distributed_mask(query_embs.shape[0], passage_embs.shape[0], label, passage_row,
+                                      positive_rows, passage_hash, logits.shape)
+        return self.loss_fn(logits, label_all, mask=mask) * distributed.world_size()
+
+    @staticmethod
+    def _distributed_mask(n_local_queries: int, n_local_passages: int, label: Optional[torch.Tensor],
+                          passage_row: Optional[torch.Tensor], positive_rows: Optional[torch.Tensor],
+                          passage_hash: Optional[torch.Tensor], global_shape: torch.Size) -> torch.Tensor:
+        """The global false-negative mask: local queries' rows against gathered passages, then gathered."""
+        device = next(t.device for t in (passage_row, passage_hash) if t is not None)
+        label = _label_or_first(label, (n_local_queries, n_local_passages), device)
+        group_size = label.shape[1]
+        me = torch.full((n_local_queries,), distributed.rank(), dtype=torch.long, device=label.device)
+        first_query = int((distributed.gather_with_grad(me) < distributed.rank()).sum())
+        rows_all = None if passage_row is None else distributed.gather_with_grad(_flat(passage_row).long())
+        hash_all = None if passage_hash is None else distributed.gather_with_grad(_flat(passage_hash).long())
+        offsets = (first_query + torch.arange(n_local_queries, device=label.device)) * group_size
+        local = false_negative_mask(label, rows_all, positive_rows, hash_all, group_offsets=offsets,
+                                    num_passages=global_shape[1])
+        return distributed.gather_with_grad(local.to(torch.uint8)).bool()
 
     def group_scores(self, query_embs: torch.Tensor, passage_embs: torch.Tensor) -> torch.Tensor:
         """Score of each query against its own group only: ``[Q, G]`` with ``s[i, g] = q_i . p_{i*G+g}``.
@@ -278,6 +323,22 @@ class BiEncoderRetriever(torch.nn.Module):
                                                     else "dot"})
         write("modules.json", modules)  # last: a folder with modules.json is complete
         return True
+
+
+# ----------------------------------------------------------------------------------- false negatives
+def _flat(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``[Q, G]`` per-passage values as ``[Q*G]``, in the flattened passages' order."""
+    return None if values is None else values.reshape(-1)
+
+
+def _label_or_first(label: Optional[torch.Tensor], shape: Any, device: torch.device) -> torch.Tensor:
+    """``label``, or "first passage of each group is the positive" for ``shape = (Q, P)``."""
+    if label is not None:
+        return label.to(device)
+    n_queries, n_passages = int(shape[0]), int(shape[1])
+    made = torch.zeros(n_queries, max(n_passages // max(n_queries, 1), 1), device=device)
+    made[:, 0] = 1
+    return made
 
 
 # ----------------------------------------------------------------------------------- checkpoint weights

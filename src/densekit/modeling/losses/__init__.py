@@ -7,6 +7,8 @@ from densekit.modeling.losses.base import RetrievalLoss
 from densekit.modeling.losses.distillation import KLDistillationLoss
 from densekit.modeling.losses.infonce import InfoNCELoss
 from densekit.modeling.losses.margin_mse import MarginMSELoss
+from densekit.modeling.losses.multi_positive import MultiPositiveInfoNCELoss
 from densekit.modeling.losses.multilevel import MultiLevelLoss
 
-__all__ = ["RetrievalLoss", "InfoNCELoss", "KLDistillationLoss", "MarginMSELoss", "MultiLevelLoss"]
+__all__ = ["RetrievalLoss", "InfoNCELoss", "KLDistillationLoss", "MarginMSELoss", "MultiLevelLoss",
+           "MultiPositiveInfoNCELoss"]

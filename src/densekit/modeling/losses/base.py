@@ -15,6 +15,10 @@ The call shape is Trove's::
 ``i``'s own group of ``G`` passages is the columns ``i*G .. i*G+G-1``, which requires ``P == Q*G``. When
 the layout differs (for example local queries scored against passages gathered from every device),
 pass ``group_offsets``: a ``[Q]`` integer tensor with the first column of each query's group.
+
+Losses that set ``accepts_mask = True`` also take ``mask``: a bool ``[Q, P]`` tensor, True where a
+column must be left out of that query's softmax (in-batch false negatives, see
+:mod:`densekit.modeling.losses.false_negatives`); the retriever builds and passes it only to them.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ class RetrievalLoss(torch.nn.Module):
     _alias: ClassVar[str | tuple[str, ...] | None] = None
     #: lower-cased name -> (name as written, class). Shared by all subclasses; do not edit by hand.
     _registry: ClassVar[dict[str, tuple[str, type[RetrievalLoss]]]] = {}
+    #: Whether ``forward`` takes ``mask=`` (columns left out of each query's negatives).
+    accepts_mask: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -132,3 +138,12 @@ def check_label(logits: torch.Tensor, label: torch.Tensor) -> None:
         raise ConfigError(
             f"label must be [queries, group size] with {logits.shape[0]} rows, got shape {tuple(label.shape)}"
         )
+
+
+def check_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``mask`` as a bool tensor on ``logits``' device, refused unless it is ``[Q, P]`` like ``logits``."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(logits.shape):
+        raise ConfigError(f"mask must have the logits' shape {tuple(logits.shape)}, got {tuple(mask.shape)}")
+    return mask.to(device=logits.device, dtype=torch.bool)
