@@ -99,3 +99,40 @@ def test_no_positive_at_all_fails_before_mining(tiny_model_dir, tmp_path, capsys
     assert mine(tiny_model_dir, beir, out, "--output_format", "tevatron", "--min_positive_score", "5") == 1
     assert "no judgment is >= --min_positive_score 5" in capsys.readouterr().err
     assert not (out / "mined_qrels.tsv").exists() and not (out / "train.jsonl").exists()
+
+
+def test_selection_flags_shape_the_pool_and_the_tevatron_negatives(tiny_model_dir, tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir", graded=True)
+    out = tmp_path / "hn"
+    assert mine(tiny_model_dir, beir, out, "--mine_skip_top", "2", "--mine_relative_margin", "0.95",
+                "--mine_max_rank", "10", "--no_annot_in_mined_hn", "true", "--output_format", "tevatron",
+                "--audit_qrels", str(beir / "qrels" / "test.tsv")) == 0
+    assert "densekit mine:" in capsys.readouterr().out
+    info = json.loads((out / "mining.json").read_text())
+    assert info["settings"]["skip_top"] == 2 and info["settings"]["max_rank"] == 10
+    assert info["settings"]["relative_margin"] == 0.95 and info["counts"]["dropped_skip_top"] == 12
+    judged = read_qrels(beir / "qrels" / "test.tsv")
+    ranks = {(q, d): int(r) for q, _, d, r, _, _ in (l.split() for l in (out / "mined_run.trec").read_text().splitlines())}
+    assert len(ranks) == info["counts"]["kept"] and all(2 < r <= 10 for r in ranks.values())
+    assert not any(d in judged[q] for q, d in ranks)
+    for qid, record in records_of(out / "train.jsonl").items():  # the negatives are the pool's, in rank order
+        negatives = [p["docid"] for p in record["negative_passages"]]
+        assert [ranks[(qid, d)] for d in negatives] == sorted(r for (q, _), r in ranks.items() if q == qid)
+    assert (out / "report.md").is_file() and (out / "audit.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mine_skip_top", "4"], "--mine_skip_top 4 >= the deepest rank 4"),
+    (["--mine_relative_margin", "1.2"], "--mine_relative_margin must be in (0, 1]"),
+    (["--mine_absolute_margin", "-1"], "--mine_absolute_margin must be a finite number >= 0"),
+    (["--mine_positive_reference", "median"], "--mine_positive_reference"),
+    (["--mine_sample", "true"], "--mine_sample true draws k negatives"),
+])
+def test_bad_selection_flags_fail_before_any_work(tmp_path, capsys, flags, message):
+    out = tmp_path / "hn"
+    extra = ["--mine_max_rank", "4"] if flags[0] == "--mine_skip_top" else []
+    # the model does not exist: the error must come from the options, before anything is loaded
+    assert main(["mine", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset", str(tmp_path),
+                 "--search_topk", "4", "--output_dir", str(out), *flags, *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -1,7 +1,17 @@
 """``densekit mine``: hard negatives for the judged queries of a dataset (OpenMatch build_hn / ANCE style).
 
+Which retrieved documents become negatives is set by the selection flags (densekit.evaluation.mining
+explains each): ``--mine_skip_top r`` and ``--mine_max_rank R`` (rank window), ``--mine_num_negatives k``
+(default ``--search_topk``), ``--mine_sample true --mine_seed S`` (a seeded sample of k from the window),
+``--no_annot_in_mined_hn true``, ``--mine_max_score``, ``--mine_relative_margin`` (0.95 = NV-Retriever's
+TopK-PercPos), ``--mine_absolute_margin`` and ``--mine_positive_reference min|mean|max``. Bad values stop the
+command before anything is encoded.
+
 Always writes ``output_dir/mined_qrels.tsv`` (query-id, corpus-id, similarity; each query's documents best
-first) and, with ``--merge_mined_qrels``, ``merged_qrels.tsv``. With ``--output_format tevatron`` it also
+first), ``mined_run.trec`` (the same negatives with their rank in the search and score), ``mining.json``
+(settings, counts per rule, fingerprint), the audit ``report.md`` + ``audit.png`` (``--mine_audit false`` to
+skip; ``--audit_qrels FILE ...`` counts kept negatives that other qrels judge relevant) and, with
+``--merge_mined_qrels``, ``merged_qrels.tsv``. With ``--output_format tevatron`` it also
 writes ``output_dir/train.jsonl``, Tevatron / OpenMatch training data as OpenMatch's build_hn makes::
 
     {"query_id", "query", "positive_passages": [{"docid", "title", "text", "score"}],
@@ -14,6 +24,9 @@ out with a counted warning, since Tevatron needs one.
 
     densekit mine --model_name_or_path MODEL --dataset scifact --split train --search_topk 30 \\
         --no_annot_in_mined_hn true --output_format tevatron --output_dir hn   # hn/train.jsonl
+    densekit mine --model_name_or_path MODEL --dataset nfcorpus --split train --search_topk 100 \\
+        --mine_num_negatives 30 --mine_skip_top 10 --mine_relative_margin 0.95 --no_annot_in_mined_hn true \\
+        --audit_qrels nfcorpus/qrels/dev.tsv --output_dir hn   # ranks 11-100, k=30, TopK-PercPos 95%
 """
 from __future__ import annotations
 
