@@ -6,11 +6,17 @@ Options are those of ``ModelArguments``, ``DataArguments``, ``RetrievalTrainingA
     densekit train --model_name_or_path MODEL --dataset scifact --split train --output_dir out \\
         --group_size 4 --per_device_train_batch_size 64 --grad_cache --query_chunk_size 16 --bf16
     densekit train train.yaml --learning_rate 2e-5      # flags after the file override it
+    densekit train ... --dataset nfcorpus scifact --multi_dataset_sampling round_robin \
+        --loss multi_positive_infonce --positives_per_query 4 --unique_passages_per_batch true
+
+In-batch false negatives (judged positives of a query, copies of its positive) are left out of its
+negatives by default (``--mask_false_negatives false`` turns that off).
 
 The model is saved to ``--output_dir`` (densekit + Hugging Face + sentence-transformers layout).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,6 +24,7 @@ from typing import Optional
 from densekit.cli.arguments import parse_dataclasses
 from densekit.cli.evaluate import DatasetArguments, qrel_config_from
 from densekit.data.data_args import DataArguments
+from densekit.errors import ConfigError
 from densekit.data.qrels import MaterializedQRelConfig
 from densekit.modeling.model_args import ModelArguments
 from densekit.training.training_args import RetrievalTrainingArguments
@@ -25,19 +32,67 @@ from densekit.training.training_args import RetrievalTrainingArguments
 
 @dataclass
 class TrainDataArguments(DatasetArguments):
-    """Where the training data is: :class:`DatasetArguments` (train split by default) plus negatives."""
+    """Where the training data is: :class:`DatasetArguments` (train split by default) plus negatives.
 
-    split: str = field(default="train", metadata={"help": "qrels split inside the BEIR folder"})
+    ``--dataset`` takes one BEIR folder or several; with several, every batch comes from one of them
+    (``--multi_dataset_sampling``), so in-batch negatives and false-negative masking stay within one
+    collection. ``--split`` gives one split for all of them or one per dataset.
+    """
+
+    dataset: Optional[list[str]] = field(
+        default=None, metadata={"help": "BEIR folder(s): corpus.jsonl, queries.jsonl, qrels/<split>.tsv. Several "
+                                        "folders: each batch is drawn from one of them"})
+    split: list[str] = field(default_factory=lambda: ["train"],
+                             metadata={"help": "qrels split inside the BEIR folder (one, or one per --dataset)"})
+    multi_dataset_sampling: str = field(
+        default="proportional",
+        metadata={"help": "With several --dataset: which dataset each batch comes from. proportional: all "
+                          "datasets' batches shuffled together (each query once per epoch); round_robin: one "
+                          "batch of each dataset in turn"})
+    positives_per_query: int = field(
+        default=1, metadata={"help": "Judged positives in each query's group (labels 1), the rest negatives; "
+                                     "above 1 for --loss multi_positive_infonce on data with many positives"})
     negative_qrel_path: Optional[list[str]] = field(
         default=None, metadata={"help": "qrel file(s) whose documents are hard negatives (e.g. mined ones); "
                                         "without it negatives are drawn at random from the corpus, distinct "
                                         "and never a positive (so --short_negatives does not apply)"})
     min_positive_score: float = field(default=1.0, metadata={"help": "judgments >= this are positives"})
 
+    def __post_init__(self) -> None:
+        # a YAML file or a Python caller may give one folder / split as a plain string
+        if isinstance(self.dataset, str):
+            self.dataset = [self.dataset]
+        if isinstance(self.split, str):
+            self.split = [self.split]
+        from densekit.data.datasets import MultiSourceDataset
+
+        if self.multi_dataset_sampling not in MultiSourceDataset.SAMPLINGS:
+            raise ConfigError(f"--multi_dataset_sampling {self.multi_dataset_sampling!r} is unknown; use one of "
+                              f"{', '.join(MultiSourceDataset.SAMPLINGS)}.")
+        count = len(self.dataset or ())
+        if len(self.split) != 1 and len(self.split) != count:
+            raise ConfigError(f"--split gives {len(self.split)} splits for {count} --dataset folder(s); give one "
+                              "split for all or one per dataset.")
+        if count > 1 and (self.corpus_path or self.query_path or self.qrel_path or self.negative_qrel_path):
+            raise ConfigError("--corpus_path/--query_path/--qrel_path/--negative_qrel_path describe one dataset; "
+                              "with several --dataset folders use the folders alone.")
+
+    def per_dataset(self) -> list["TrainDataArguments"]:
+        """One TrainDataArguments per dataset folder (one for explicit files), each with its split."""
+        folders = self.dataset or [None]
+        splits = self.split * len(folders) if len(self.split) == 1 else self.split
+        return [dataclasses.replace(self, dataset=None if folder is None else [folder], split=[split])
+                for folder, split in zip(folders, splits)]
+
 
 def qrel_configs_from(args: TrainDataArguments) -> tuple[MaterializedQRelConfig, Optional[MaterializedQRelConfig]]:
-    """Positive and (optional) hard-negative configs from a BEIR folder and/or explicit files."""
-    positives = dataclasses.replace(qrel_config_from(args), min_score=args.min_positive_score)
+    """Positive and (optional) hard-negative configs of ONE dataset, from a BEIR folder and/or explicit files."""
+    if len(args.dataset or ()) > 1:
+        raise ConfigError("qrel_configs_from reads one dataset; call it on each of args.per_dataset().")
+    single = argparse.Namespace(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+    single.dataset = args.dataset[0] if args.dataset else None
+    single.split = args.split[0]
+    positives = dataclasses.replace(qrel_config_from(single), min_score=args.min_positive_score)
     negatives = None
     if args.negative_qrel_path:
         negatives = MaterializedQRelConfig(qrel_path=args.negative_qrel_path, corpus_path=positives.corpus_path,
@@ -51,20 +106,23 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
     from transformers import AutoTokenizer
 
     from densekit.data.collator import RetrievalCollator
-    from densekit.data.datasets import BinaryDataset
+    from densekit.data.datasets import BinaryDataset, MultiSourceDataset
     from densekit.modeling.retriever import BiEncoderRetriever
     from densekit.training.trainer import RetrievalTrainer
 
     train_args.check_group_size(data_args.group_size)
-    positives, negatives = qrel_configs_from(train_data_args)
+    configs = [qrel_configs_from(one) for one in train_data_args.per_dataset()]
     model = BiEncoderRetriever.from_model_args(args=model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
                                               trust_remote_code=model_args.trust_remote_code)
     formatting = dict(format_query=model.format_query, format_passage=model.format_passage,
                       store_cache_dir=train_data_args.store_cache_dir)
     # judged (e.g. mined) negatives, or, without them (a BEIR train split), random corpus negatives
-    dataset = BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
-                            **formatting)
+    datasets = [BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
+                              num_positives=train_data_args.positives_per_query, **formatting)
+                for positives, negatives in configs]
+    dataset = datasets[0] if len(datasets) == 1 else \
+        MultiSourceDataset(datasets, sampling=train_data_args.multi_dataset_sampling)
     collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token,
                                  model_max_length=model.max_length)
     trainer = RetrievalTrainer(args=train_args, model=model, tokenizer=tokenizer, data_collator=collator,

@@ -29,6 +29,12 @@ tokenizer=..., data_collator=..., train_dataset=...).train()``). What it changes
   restored by ``transformers.Trainer``, so the run continues as if it had not stopped. ``True`` (or the
   string ``"true"``, as the command line gives it) means the latest *complete* checkpoint in ``output_dir``:
   one killed while being written is skipped.
+* **false negatives** (``mask_false_negatives``, on by default): the batch's passage rows, text hashes
+  and each query's judged positive rows go to the loss, which leaves in-batch false negatives out of the
+  softmax (:mod:`densekit.modeling.losses.false_negatives`), in the plain and the gradient-cached step.
+* **batches** (``unique_passages_per_batch``, or a dataset with several ``sources``): a seeded
+  :class:`~densekit.data.sampling.GroupBatchSampler` forms batches without a repeated passage and from
+  one source each, the same for every rank's slice of the global batch; resuming replays its order.
 * **epochs**: a dataset with ``set_epoch`` is told the epoch when each one starts, so seeded sampling
   (negatives, random group selection) changes from epoch to epoch and is reproducible.
 * ``tokenizer=`` is accepted and passed on as ``processing_class`` (transformers 5 renamed it).
@@ -42,10 +48,15 @@ import os
 import re
 from typing import Any, Optional, Union
 
+from functools import partial
+
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import seed_worker
 
 from densekit import distributed
+from densekit.data.sampling import GroupBatchSampler
 from densekit.errors import ConfigError, InputError
 from densekit.modeling.fast_inference import cpu_tricks_apply
 from densekit.modeling.grad_cache import grad_cache_step
@@ -56,6 +67,8 @@ from densekit.training.training_args import RetrievalTrainingArguments
 logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("query", "passage", "label")
+#: Batch keys the loss compares passages by to leave in-batch false negatives out (``mask_false_negatives``).
+FALSE_NEGATIVE_INPUTS = ("passage_row", "positive_rows", "passage_hash")
 TRAINING_ARGS_NAME = "training_args.bin"
 TRAINER_STATE_NAME = "trainer_state.json"  # transformers.Trainer writes it last into a checkpoint folder
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -139,7 +152,7 @@ class RetrievalTrainer(Trainer):
                      num_items_in_batch: Any = None) -> Any:
         """The retriever's own loss (scaled by world size under torch.distributed, see module doc)."""
         with self._training_dropout(model):
-            outputs = model(**_model_inputs(inputs))
+            outputs = model(**self._model_inputs(inputs))
         if outputs.loss is None:
             raise ConfigError("the model returned no loss: the batch needs both 'query' and 'passage' "
                               "(RetrievalCollator output) and ModelArguments.loss must name a loss.")
@@ -177,6 +190,7 @@ class RetrievalTrainer(Trainer):
         retriever = self.accelerator.unwrap_model(model)
         self._uses_seeded_dropout(model)  # grad_cache_step then seeds rows, or replays torch's RNG states
         label = inputs.get("label")
+        masking = {key: value for key, value in self._model_inputs(inputs).items() if key in FALSE_NEGATIVE_INPUTS}
         accumulation = getattr(self, "current_gradient_accumulation_steps", None) or \
             self.args.gradient_accumulation_steps
 
@@ -187,7 +201,7 @@ class RetrievalTrainer(Trainer):
             return model(passage=chunk).passage
 
         def loss_fn(query_reps: torch.Tensor, passage_reps: torch.Tensor) -> torch.Tensor:
-            return retriever.compute_loss(query_reps, passage_reps, label) / accumulation
+            return retriever.compute_loss(query_reps, passage_reps, label, **masking) / accumulation
 
         autocast_dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
         loss = grad_cache_step(
@@ -198,6 +212,48 @@ class RetrievalTrainer(Trainer):
             workers=self.args.grad_cache_workers,
         )
         return loss.to(self.args.device)
+
+    def _model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch keys the retriever's ``forward`` takes: the model inputs, plus the passages' rows,
+        hashes and the queries' positive rows unless ``mask_false_negatives`` is off."""
+        keys = MODEL_INPUTS + (FALSE_NEGATIVE_INPUTS if getattr(self.args, "mask_false_negatives", True) else ())
+        return {key: inputs[key] for key in keys if key in inputs}
+
+    # ------------------------------------------------------------------------------------ data loading
+    def get_train_dataloader(self) -> DataLoader:
+        """``Trainer``'s loader, or one driven by :class:`~densekit.data.sampling.GroupBatchSampler` when
+        batches must repeat no passage (``unique_passages_per_batch``) or come from one source each
+        (a :class:`~densekit.data.datasets.MultiSourceDataset`)."""
+        sampler = self._group_batch_sampler()
+        if sampler is None:
+            return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
+        loader = DataLoader(
+            self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+        )
+        loader = self.accelerator.prepare(loader)
+        # the sampler already yields this rank's slice of each global batch: accelerate's shard wrapper
+        # must pass batches through, not deal them out again (as transformers does for its rank-aware sampler)
+        wrapper = getattr(loader, "batch_sampler", None)
+        if wrapper is not None and getattr(wrapper, "batch_sampler", None) is sampler:
+            wrapper.num_processes, wrapper.process_index = 1, 0
+        return loader
+
+    def _group_batch_sampler(self) -> Optional[GroupBatchSampler]:
+        """The batch sampler the training data needs, or None for the Trainer's own random sampler."""
+        dataset = self.train_dataset
+        several = len(getattr(dataset, "sources", None) or ()) > 1
+        unique = bool(getattr(self.args, "unique_passages_per_batch", False))
+        if dataset is None or not (several or unique):
+            return None
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return GroupBatchSampler(dataset, self.args.per_device_train_batch_size, seed=seed, unique_passages=unique,
+                                 num_replicas=self.args.world_size, rank=self.args.process_index,
+                                 drop_last=self.args.dataloader_drop_last)
 
     # -------------------------------------------------------------------------------------- evaluation
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
@@ -210,7 +266,7 @@ class RetrievalTrainer(Trainer):
         """
         inputs = self._prepare_inputs(inputs)
         rows = inputs.get("passage_row")
-        inputs = _model_inputs(inputs)
+        inputs = self._model_inputs(inputs)
         label = inputs.get("label")
         retriever = self.accelerator.unwrap_model(model)
         loss = None
@@ -318,11 +374,6 @@ def latest_checkpoint(output_dir: str) -> str:
         logger.warning("%s is incomplete (the run stopped while writing it); skipping it.", steps[step])
     raise ConfigError(f"resume_from_checkpoint=true, but {output_dir} holds no complete checkpoint-N folder; "
                       "start without resume_from_checkpoint, or give a checkpoint folder.")
-
-
-def _model_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Only the keys ``BiEncoderRetriever.forward`` takes (datasets may add ids and such)."""
-    return {key: inputs[key] for key in MODEL_INPUTS if key in inputs}
 
 
 def _group_size(collator: Any, dataset: Any) -> Optional[int]:

@@ -1,7 +1,9 @@
 """RetrievalTrainingArguments: ``transformers.TrainingArguments`` plus what retrieval training adds.
 
 Everything of ``TrainingArguments`` (learning rate, save frequency, ``--bf16`` ...) works as usual. Added:
-which ranks log (``trove_logging_mode``, Trove's name) and the gradient cache (GC-DPR's ``--grad_cache``,
+which ranks log (``trove_logging_mode``, Trove's name), in-batch false-negative masking
+(``mask_false_negatives``, on by default), batches without a repeated passage
+(``unique_passages_per_batch``) and the gradient cache (GC-DPR's ``--grad_cache``,
 ``--q_chunk_size``, ``--ctx_chunk_size``, here ``query_chunk_size`` / ``passage_chunk_size``). Two
 defaults change because retrieval batches are dicts of tokenized queries and passages:
 ``remove_unused_columns=False`` (the Trainer would otherwise drop dataset columns the model's ``forward``
@@ -64,6 +66,19 @@ class RetrievalTrainingArguments(TrainingArguments):
                           "dropout, and a value above 1 is an error. Default: one per torch thread (parts of >= 8 "
                           "rows) where possible, else 1. Memory stays one chunk, plus one parameter-sized "
                           "gradient sum per worker."},
+    )
+    mask_false_negatives: bool = field(
+        default=True,
+        metadata={"help": "Leave in-batch false negatives out of each query's softmax (InfoNCE and "
+                          "multi_positive_infonce): passages judged positive for the query (by corpus row, from the "
+                          "training qrels) and copies of its own positive (same row or same text) that sit in other "
+                          "queries' groups. True negatives are never masked; false turns masking off."},
+    )
+    unique_passages_per_batch: bool = field(
+        default=False,
+        metadata={"help": "Form training batches (seeded by --data_seed/--seed and the epoch) in which no corpus "
+                          "document appears in two queries' groups; a query whose documents collide waits for a "
+                          "later batch. Under DDP this holds for the global batch of all devices."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: retrieval batches are dicts the model reads whole."}
