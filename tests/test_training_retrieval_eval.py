@@ -170,3 +170,45 @@ def test_best_metric_measure_reads_every_spelling():
                            ("eval_loss", None), (None, None)):
         args.metric_for_best_model = name
         assert best_metric_measure(args) == expected
+
+
+# ---------------------------------------------------------------------------- densekit train options
+def dev_config(tmp_path):
+    dev_dir = write_dev(tmp_path / "dev")
+    return MaterializedQRelConfig(qrel_path=str(dev_dir / "dev.tsv"), corpus_path=str(dev_dir / "corpus.jsonl"),
+                                  query_path=str(dev_dir / "queries.jsonl"))
+
+
+def test_train_options_give_the_dev_set_and_callbacks_in_order(tmp_path):
+    from densekit.cli.arguments import parse_dataclasses
+    from densekit.training.retrieval_eval import DevEvaluationArguments, dev_evaluation_callbacks
+
+    train_args, dev_args = parse_dataclasses(
+        (RetrievalTrainingArguments, DevEvaluationArguments),
+        ["--output_dir", str(tmp_path / "out"), "--eval_strategy", "steps", "--eval_steps", "5",
+         "--save_steps", "5", "--load_best_model_at_end", "true", "--metric_for_best_model", "nDCG@10",
+         "--eval_dataset", "unused-here", "--early_stopping_patience", "3", "--eval_measures", "MRR@10"],
+        prog="densekit train")
+    dataset, callbacks = dev_evaluation_callbacks(dev_args, train_args, dev_config(tmp_path),
+                                                  DataArguments(group_size=2))
+    assert isinstance(dataset, MultiLevelDataset) and len(dataset) == len(TOPICS)
+    assert [type(cb) for cb in callbacks] == [RetrievalEvaluationCallback, EarlyStoppingCallback]
+    assert callbacks[1].early_stopping_patience == 3 and callbacks[0].measures == ["MRR@10"]
+
+
+def test_train_options_that_cannot_work_together_fail_before_training(tmp_path):
+    from densekit.training.retrieval_eval import DevEvaluationArguments, dev_evaluation_callbacks
+
+    data_args = DataArguments(group_size=2)
+    best = args_for(tmp_path, max_steps=1)
+    with pytest.raises(ConfigError, match="--eval_dataset"):
+        dev_evaluation_callbacks(DevEvaluationArguments(), best, None, data_args)
+    with pytest.raises(ConfigError, match="--eval_strategy"):
+        dev_evaluation_callbacks(DevEvaluationArguments(eval_dataset="x"), RetrievalTrainingArguments(
+            output_dir=str(tmp_path / "o")), dev_config(tmp_path), data_args)
+    with pytest.raises(ConfigError, match="load_best_model_at_end"):
+        dev_evaluation_callbacks(DevEvaluationArguments(eval_dataset="x", early_stopping_patience=2),
+                                 args_for(tmp_path, max_steps=1, load_best_model_at_end=False),
+                                 dev_config(tmp_path), data_args)
+    plain = RetrievalTrainingArguments(output_dir=str(tmp_path / "o"))
+    assert dev_evaluation_callbacks(DevEvaluationArguments(), plain, None, data_args) == (None, [])

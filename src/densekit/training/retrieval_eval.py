@@ -16,6 +16,9 @@ read that dict afterwards. So nothing in the Trainer has to change. Two conseque
 * the Trainer logged the evaluation before ``on_evaluate``; the callback adds its values to that entry of
   ``state.log_history`` (so ``trainer_state.json`` has them) and logs one line itself.
 
+For ``densekit train``, :class:`DevEvaluationArguments` (``--eval_dataset``, ``--early_stopping_patience`` ...)
+and :func:`dev_evaluation_callbacks` build the dev dataset and the callbacks, in the right order.
+
 Vectors are never stale: the evaluator's cache keys include the weights at the moment of use, and the
 evaluator this callback builds has no cache at all (each evaluation sees new weights; cached entries would
 only fill the disk). The evaluator restores the model's train mode and device after each call.
@@ -25,12 +28,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from densekit.data.data_args import DataArguments
 from densekit.data.datasets import MultiLevelDataset
+from densekit.data.qrels import MaterializedQRelConfig
 from densekit.errors import ConfigError
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.evaluator import RetrievalEvaluator
@@ -213,3 +219,65 @@ def put_retrieval_evaluation_first(callback_handler: Any) -> None:
     callbacks = callback_handler.callbacks
     ours = [cb for cb in callbacks if isinstance(cb, RetrievalEvaluationCallback)]
     callbacks[:] = ours + [cb for cb in callbacks if not isinstance(cb, RetrievalEvaluationCallback)]
+
+
+# ------------------------------------------------------------------------------------ command line
+@dataclass
+class DevEvaluationArguments:
+    """``densekit train`` options of the full-corpus dev evaluation and of early stopping.
+
+    When and how often to evaluate and which checkpoint wins are the Trainer's own options
+    (``--eval_strategy steps --eval_steps 500 --load_best_model_at_end --metric_for_best_model nDCG@10``).
+    """
+
+    eval_dataset: Optional[str] = field(default=None, metadata={
+        "help": "BEIR folder of the dev set, ranked in full (every judged query against the whole corpus) at "
+                "each evaluation; gives eval_nDCG@10 etc. for --metric_for_best_model"})
+    eval_split: str = field(default="dev", metadata={"help": "qrels split of --eval_dataset"})
+    eval_measures: Optional[list[str]] = field(default=None, metadata={
+        "help": "measures of the dev evaluation (default: nDCG@10 Recall@100 MRR@10 MAP; "
+                "--metric_for_best_model's measure is always added)"})
+    eval_search_topk: int = field(default=100, metadata={"help": "documents retrieved per dev query"})
+    early_stopping_patience: Optional[int] = field(default=None, metadata={
+        "help": "stop after this many evaluations without improving --metric_for_best_model (needs "
+                "--load_best_model_at_end)"})
+    early_stopping_threshold: float = field(default=0.0, metadata={
+        "help": "how much --metric_for_best_model must improve to count as an improvement"})
+
+
+def dev_evaluation_callbacks(dev_args: DevEvaluationArguments, train_args: TrainingArguments,
+                             qrel_config: Optional[MaterializedQRelConfig], data_args: DataArguments,
+                             format_query: Any = None, format_passage: Any = None,
+                             store_cache_dir: Optional[str] = None) -> tuple[Optional[MultiLevelDataset], list]:
+    """The dev dataset and the callbacks (dev evaluation first, then early stopping) for a training run.
+
+    ``qrel_config`` is the dev split's config (None without ``--eval_dataset``). Settings that cannot work
+    together fail here, before the model trains: a dev set that is never evaluated, a best-model measure
+    without a dev set (transformers' KeyError at the first evaluation otherwise), early stopping without a
+    best model. The dataset is also the Trainer's ``eval_dataset`` (the Trainer requires one to evaluate).
+    """
+    measure = best_metric_measure(train_args)
+    if qrel_config is None:
+        if measure is not None:
+            raise ConfigError(f"--metric_for_best_model {train_args.metric_for_best_model} is a retrieval measure: "
+                              "give the dev set to rank with --eval_dataset BEIR_FOLDER (and --eval_split).")
+        if dev_args.early_stopping_patience is not None:
+            raise ConfigError("--early_stopping_patience needs an evaluation: give --eval_dataset and --eval_strategy.")
+        return None, []
+    if str(getattr(train_args.eval_strategy, "value", train_args.eval_strategy)) == "no":
+        raise ConfigError("--eval_dataset is given but --eval_strategy is no: add --eval_strategy steps "
+                          "--eval_steps N (or epoch) so the dev set is evaluated during training.")
+    callbacks: list = []
+    dataset = MultiLevelDataset(data_args=data_args, qrel_config=qrel_config, format_query=format_query,
+                                format_passage=format_passage, store_cache_dir=store_cache_dir)
+    callbacks.append(RetrievalEvaluationCallback(dataset, measures=dev_args.eval_measures,
+                                                 search_topk=dev_args.eval_search_topk))
+    if dev_args.early_stopping_patience is not None:
+        if dev_args.early_stopping_patience < 1:
+            raise ConfigError(f"--early_stopping_patience must be >= 1, got {dev_args.early_stopping_patience}.")
+        if not train_args.load_best_model_at_end or not train_args.metric_for_best_model:
+            raise ConfigError("--early_stopping_patience needs --load_best_model_at_end true and "
+                              "--metric_for_best_model (e.g. nDCG@10).")
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=dev_args.early_stopping_patience,
+                                               early_stopping_threshold=dev_args.early_stopping_threshold))
+    return dataset, callbacks
