@@ -309,3 +309,14 @@ def test_seed_001_creating_training_dataset_runs_as_written(scifact_dir, tmp_pat
     batch = data_collator([dataset[i] for i in range(4)])
     assert batch["passage"]["input_ids"].shape[0] == 64 and batch["passage"]["input_ids"].shape[1] <= 128
     assert np.array_equal(batch["label"][:, 0].numpy(), np.ones(4))
+
+
+def test_items_carry_every_judged_positive_row_and_group_rows_take_an_epoch(tmp_path):
+    folder = write_collection(tmp_path, {"q1": {"a": 1, "b": 1, "n1": 0, "n2": 0, "n3": 0}})
+    ds = dataset(folder, conf(folder, min_score=1), conf(folder, max_score=1), group_size=2)
+    item = ds[0]
+    assert sorted(item["positive_rows"]) == sorted(ds.corpus.indices_of(["a", "b"]).tolist())
+    assert item["passage_row"] == ds.group_rows(0).tolist() == ds.group_rows(0, epoch=0).tolist()
+    groups = {tuple(ds.group_rows(0, epoch=e)) for e in range(8)}
+    ds.set_epoch(5)
+    assert ds[0]["passage_row"] == ds.group_rows(0, epoch=5).tolist() and len(groups) > 1

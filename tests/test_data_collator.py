@@ -125,3 +125,12 @@ def test_missing_query_text_is_an_input_error(tokenizer):
 def test_labels_that_do_not_match_passages_are_an_input_error(tokenizer):
     with pytest.raises(InputError, match="one label per passage"):
         RetrievalCollator(DataArguments(), tokenizer)([{"passage": ["a", "b"], "label": [1.0]}])
+
+
+def test_scoring_batches_carry_passage_text_hashes_and_padded_positive_rows(tokenizer):
+    collate = RetrievalCollator(DataArguments(), tokenizer)
+    batch = collate([{"query": "q", "passage": ["a", "b"], "label": [1, 0], "positive_rows": [4, 5]},
+                     {"query": "r", "passage": ["b", "c"], "label": [1, 0], "positive_rows": []}])
+    assert batch["passage_hash"].shape == (2, 2) and batch["passage_hash"][0, 1] == batch["passage_hash"][1, 0]
+    assert batch["positive_rows"].tolist() == [[4, 5], [-1, -1]]
+    assert "passage_hash" not in collate([{"passage": ["a"]}])  # encoding passages alone: nothing to mask

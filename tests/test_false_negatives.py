@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TrainerCallback
 
 from densekit import distributed
 from densekit.data.collator import RetrievalCollator
@@ -20,6 +20,7 @@ from densekit.modeling.losses import InfoNCELoss, KLDistillationLoss
 from densekit.modeling.losses.false_negatives import NO_ROW, false_negative_mask, text_hash
 from densekit.modeling.model_args import ModelArguments
 from densekit.modeling.retriever import BiEncoderRetriever
+from densekit.training import RetrievalTrainer, RetrievalTrainingArguments
 
 T = 0.1
 
@@ -236,3 +237,53 @@ def test_two_process_masked_loss_and_gradients_equal_one_process(tiny_model_dir,
         for name, grad in reference.items():
             error = float((out["grads"][name] - grad).abs().max())
             assert error <= 1e-5 * max(1.0, float(grad.abs().max())), (name, error)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+class CaptureGrads(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def shared_positive_examples():
+    """Queries 0 and 1 share their positive (row 7); query 2's negative is query 0's positive."""
+    return [{"query": "what is a cat", "passage": ["cats purr", "dogs bark"], "label": [1, 0],
+             "passage_row": [7, 1], "positive_rows": [7]},
+            {"query": "tell me about cats", "passage": ["cats purr", "rain falls"], "label": [1, 0],
+             "passage_row": [7, 2], "positive_rows": [7]},
+            {"query": "what is bread", "passage": ["bread is baked", "cats purr"], "label": [1, 0],
+             "passage_row": [3, 7], "positive_rows": [3]},
+            {"query": "what is chess", "passage": ["chess has kings", "sun shines"], "label": [1, 0],
+             "passage_row": [4, 5], "positive_rows": [4]}]
+
+
+def train_once(model_dir, tmp_path, **args):
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # temperature 1: this untrained model's scores are close, so the masked copies weigh in the softmax
+    model = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=str(model_dir), temperature=1.0))
+    collator = RetrievalCollator(DataArguments(group_size=G, query_max_len=12, passage_max_len=12), tokenizer)
+    train_args = RetrievalTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4,
+                                            max_steps=1, save_strategy="no", disable_tqdm=True, max_grad_norm=0,
+                                            dataloader_pin_memory=False, **args)
+    trainer = RetrievalTrainer(args=train_args, model=model, tokenizer=tokenizer, data_collator=collator,
+                               train_dataset=shared_positive_examples())
+    capture = CaptureGrads()
+    trainer.add_callback(capture)
+    return trainer.train().training_loss, capture.grads, trainer
+
+
+def test_trainer_masks_by_default_in_the_plain_and_the_cached_step_alike(tiny_model_dir, tmp_path):
+    plain_loss, plain, trainer = train_once(tiny_model_dir, tmp_path)
+    batch = trainer.data_collator(shared_positive_examples())
+    assert set(trainer._model_inputs(batch)) >= {"passage_row", "positive_rows", "passage_hash"}
+    cached_loss, cached, _ = train_once(tiny_model_dir, tmp_path, grad_cache=True, query_chunk_size=3,
+                                        passage_chunk_size=3)
+    assert cached_loss == pytest.approx(plain_loss, abs=1e-5)
+    for name, grad in plain.items():
+        assert torch.allclose(cached[name], grad, atol=1e-5), name
+    off_loss, _, off = train_once(tiny_model_dir, tmp_path, mask_false_negatives=False)
+    assert not set(off._model_inputs(batch)) & {"passage_row", "positive_rows", "passage_hash"}
+    assert off_loss > plain_loss + 1e-3  # the shared positive is a negative again
