@@ -20,7 +20,7 @@ from densekit.demo_collection import (
 )
 from densekit.errors import ConfigError
 
-FILES = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "README.md")
+FILES = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "qrels/train.tsv", "README.md")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -45,8 +45,24 @@ def built(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def collection(built):
-    return (read_jsonl(built / "corpus.jsonl"), read_jsonl(built / "queries.jsonl"),
-            read_qrels(built / "qrels" / "test.tsv"))
+    """Corpus, the test queries and their judgments."""
+    qrels = read_qrels(built / "qrels" / "test.tsv")
+    queries = [q for q in read_jsonl(built / "queries.jsonl") if q["_id"] in qrels]
+    return read_jsonl(built / "corpus.jsonl"), queries, qrels
+
+
+def test_training_split_is_disjoint_from_the_test_queries(built, collection):
+    corpus, test_queries, test_qrels = collection
+    train_qrels = read_qrels(built / "qrels" / "train.tsv")
+    all_queries = read_jsonl(built / "queries.jsonl")
+    train_queries = [q for q in all_queries if q["_id"] in train_qrels]
+    assert len(all_queries) == len(test_queries) + len(train_queries)  # every query in exactly one split
+    assert 200 <= len(train_queries) and not set(train_qrels) & set(test_qrels)
+    assert not {q["text"] for q in train_queries} & {q["text"] for q in test_queries}
+    test_docs = {d for judged in test_qrels.values() for d in judged}
+    assert not test_docs & {d for judged in train_qrels.values() for d in judged}
+    haystack = "\n".join(d["text"].lower() for d in corpus)
+    assert not any(q["text"].lower() in haystack for q in train_queries)  # no query in the corpus verbatim
 
 
 def test_two_builds_are_byte_identical(built, tmp_path):
@@ -145,7 +161,7 @@ def test_readme_reports_the_sizes_of_the_files(built, collection):
     readme = (built / "README.md").read_text(encoding="utf-8")
     assert python_version_tag() in readme
     assert f"{len(corpus)} documents" in readme
-    assert f"{len(queries)} queries" in readme
+    assert f"{len(queries)} test queries" in readme
     assert f"{sum(len(j) for j in qrels.values())} judgments" in readme
 
 

@@ -13,6 +13,9 @@ collection, deterministically, in about a second:
   with the words of the object's own name removed, so the query cannot be answered by matching the
   title. That object's whole first paragraph is removed from the corpus, so the query is never in the
   corpus verbatim (queries still found verbatim in some other document are dropped).
+* **training split** - the objects not sampled (except methods sharing a name with a test object in the
+  same module, and objects sharing a judged document with a test query) give training queries and ``qrels/train.tsv`` the same way; their first paragraphs are
+  left out of the corpus too, so no query of either split is in the corpus verbatim.
 * **judgments** - relevance 2 for the object's remaining paragraphs (the rest of the same docstring:
   details, arguments, caveats of what the summary announces); relevance 1, for a method or property,
   for the paragraphs of the same-named method of another class in the same module (``io.BufferedReader.seek``
@@ -224,8 +227,10 @@ class DemoCollection:
     """The collection in memory: corpus rows, queries and graded judgments, all in a fixed order."""
 
     corpus: list[dict[str, str]]
-    queries: list[dict[str, str]]
+    queries: list[dict[str, str]]  # the test queries
     qrels: dict[str, dict[str, int]]
+    train_queries: list[dict[str, str]] = field(default_factory=list)
+    train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def make_demo_collection(sample_size: int = QUERY_SAMPLE_SIZE, seed: int = SEED) -> DemoCollection:
@@ -245,14 +250,20 @@ def make_demo_collection(sample_size: int = QUERY_SAMPLE_SIZE, seed: int = SEED)
     chosen = random.Random(seed).sample(candidates, min(sample_size, len(candidates)))
     chosen.sort(key=lambda pair: pair[0].name)
     query_names = {d.name for d, _ in chosen}
-    held_out = {d.paragraphs[0][1] for d, _ in chosen}  # texts that must not appear in the corpus
+    # Training queries: every other candidate, except methods sharing a name (and so judgments) with a
+    # test object in the same module, which would put a test query's own operation in training.
+    test_keys = {_method_key(d) for d, _ in chosen if d.parent is not None}
+    train = [(d, q) for d, q in candidates if d.name not in query_names
+             and not (d.parent is not None and _method_key(d) in test_keys)]
+    asking = query_names | {d.name for d, _ in train}
+    held_out = {d.paragraphs[0][1] for d, _ in chosen + train}  # texts that must not appear in the corpus
 
     corpus: list[dict[str, str]] = []
     canonical: dict[str, str] = {}      # text -> id of the first document carrying it
     paragraph_id: dict[tuple[str, int], str] = {}  # (object, paragraph index) -> corpus id
     for documented in objects:
         for position, (index, text) in enumerate(documented.paragraphs):
-            if position == 0 and documented.name in query_names:
+            if position == 0 and documented.name in asking:
                 continue
             if text in held_out:
                 continue
@@ -263,31 +274,40 @@ def make_demo_collection(sample_size: int = QUERY_SAMPLE_SIZE, seed: int = SEED)
             paragraph_id[(documented.name, index)] = canonical[text]
 
     haystack = "\n".join(row["text"].lower() for row in corpus)
-    queries: list[dict[str, str]] = []
-    qrels: dict[str, dict[str, int]] = {}
     asked: set[str] = set()
-    for documented, query in chosen:
-        if query.lower() in haystack or query in asked:
-            continue  # answerable by string matching alone, or an alias of an object already asked about
-        asked.add(query)
-        judged: dict[str, int] = {}
-        for grade, owners in ((1, _siblings(documented, namesakes)), (2, [documented])):
-            for owner in owners:
-                for index, _ in owner.paragraphs:
-                    doc_id = paragraph_id.get((owner.name, index))
-                    if doc_id is not None:
-                        judged[doc_id] = max(grade, judged.get(doc_id, 0))
-        if 2 not in judged.values():
-            continue
-        query_id = f"q:{documented.name}"
-        queries.append({"_id": query_id, "text": query})
-        qrels[query_id] = dict(sorted(judged.items()))
-    return DemoCollection(corpus, queries, qrels)
+
+    def judge(pairs: list[tuple[_Documented, str]], avoid: frozenset[str] = frozenset()
+              ) -> tuple[list[dict[str, str]], dict[str, dict[str, int]]]:
+        queries: list[dict[str, str]] = []
+        qrels: dict[str, dict[str, int]] = {}
+        for documented, query in pairs:
+            if query.lower() in haystack or query in asked:
+                continue  # answerable by string matching alone, or an alias of an object already asked about
+            asked.add(query)
+            judged: dict[str, int] = {}
+            for grade, owners in ((1, _siblings(documented, namesakes)), (2, [documented])):
+                for owner in owners:
+                    for index, _ in owner.paragraphs:
+                        doc_id = paragraph_id.get((owner.name, index))
+                        if doc_id is not None:
+                            judged[doc_id] = max(grade, judged.get(doc_id, 0))
+            if 2 not in judged.values() or avoid.intersection(judged):
+                continue  # nothing of its own to find, or it shares a document with a test query
+            query_id = f"q:{documented.name}"
+            queries.append({"_id": query_id, "text": query})
+            qrels[query_id] = dict(sorted(judged.items()))
+        return queries, qrels
+
+    test_queries, test_qrels = judge(chosen)  # test first: a text asked twice stays a test query
+    test_docs = frozenset(doc for judged in test_qrels.values() for doc in judged)
+    train_queries, train_qrels = judge(sorted(train, key=lambda pair: pair[0].name), avoid=test_docs)
+    return DemoCollection(corpus, test_queries, test_qrels, train_queries, train_qrels)
 
 
 def _readme(collection: DemoCollection) -> str:
     judgments = sum(len(j) for j in collection.qrels.values())
     grade2 = sum(1 for j in collection.qrels.values() for g in j.values() if g == 2)
+    train_judgments = sum(len(j) for j in collection.train_qrels.values())
     return f"""# densekit demo collection: Python standard library docstrings
 
 Built offline by `densekit.demo_collection.build_demo_collection` with {python_version_tag()} from the
@@ -296,11 +316,17 @@ builds byte-identical files.
 
 - corpus.jsonl: {len(collection.corpus)} documents, one per docstring paragraph of a public function,
   class, method or property (`_id` = dotted name, `#i` for paragraph i); identical texts kept once.
-- queries.jsonl: {len(collection.queries)} queries, each the first sentence of an object's docstring with
-  the words of the object's name removed; that first paragraph is not in the corpus.
+- queries.jsonl: {len(collection.queries)} test queries, then {len(collection.train_queries)} training
+  queries, each the first sentence of an object's docstring with the words of the object's name removed;
+  that first paragraph is not in the corpus.
 - qrels/test.tsv: {judgments} judgments: {grade2} with relevance 2 (the other paragraphs of the same
   docstring) and {judgments - grade2} with relevance 1 (paragraphs of the same-named method of another
   class in the same module, e.g. `decimal.Context.sqrt` for `decimal.Decimal.sqrt`).
+- qrels/train.tsv: {train_judgments} judgments of the training queries, made the same way. Training
+  queries are the objects not sampled for test, minus methods that share a name with a test object in
+  the same module, and minus objects whose documents are judged for a test query (identical paragraphs
+  are one document, e.g. `math.isclose` and `cmath.isclose`): no training query is a test query, and
+  no document judged for a test query is judged for a training query.
 
 What it measures: whether a retriever connects a one-line summary to the longer explanation that
 follows it (arguments, details, caveats), which shares vocabulary but rarely whole sentences. Query
@@ -321,19 +347,20 @@ def build_demo_collection(out_dir: Path) -> Path:
         for row in collection.corpus:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     with atomic_write(out_dir / "queries.jsonl") as handle:
-        for row in collection.queries:
+        for row in collection.queries + collection.train_queries:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with atomic_write(out_dir / "qrels" / "test.tsv") as handle:
-        handle.write("query-id\tcorpus-id\tscore\n")
-        for query_id, judged in collection.qrels.items():
-            for doc_id, grade in judged.items():
-                handle.write(f"{query_id}\t{doc_id}\t{grade}\n")
+    for split, qrels in (("test", collection.qrels), ("train", collection.train_qrels)):
+        with atomic_write(out_dir / "qrels" / f"{split}.tsv") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n")
+            for query_id, judged in qrels.items():
+                for doc_id, grade in judged.items():
+                    handle.write(f"{query_id}\t{doc_id}\t{grade}\n")
     with atomic_write(out_dir / "README.md") as handle:
         handle.write(_readme(collection))
     return out_dir
 
 
-_FILES = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "README.md")
+_FILES = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "qrels/train.tsv", "README.md")
 
 
 def demo_collection_dir(cache_root: str | Path | None = None) -> Path:
