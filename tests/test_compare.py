@@ -212,7 +212,8 @@ def test_pairs_holm_significance_and_top_changes():
                               top_queries=4)
     assert [(t.baseline, t.run) for t in comparison.tests] == [("base", "better")] * 2 + [("base", "partial")] * 2
     assert comparison.settings["correction"] == "holm" and comparison.settings["tests_per_kind"] == 4
-    assert [t.t_p_adjusted for t in comparison.tests] == pytest.approx(holm_adjust([t.t_p_value for t in comparison.tests]))
+    raw = [t.t_p_value for t in comparison.tests]
+    assert [t.t_p_adjusted for t in comparison.tests] == pytest.approx(holm_adjust(raw))
     better = comparison.tests[0]
     assert better.delta > 0.2 and better.t_significant and better.randomization_significant
     assert better.bootstrap_interval[0] > 0 and better.wins > better.losses

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from densekit.cli.evaluate import merge_repeated
+from densekit.cli.compare import merge_repeated
 from densekit.cli.main import main
 
 TREC = ["ndcg_cut.10", "recall.100", "P.5", "recip_rank", "map"]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from densekit.cli.arguments import parse_dataclasses
-from densekit.cli.evaluate import merge_repeated
 from densekit.errors import ConfigError
 
 
@@ -37,6 +36,32 @@ class CompareArguments:
     alpha: float = field(default=0.05, metadata={"help": "significance level (after Holm-Bonferroni)"})
     all_pairs: bool = field(default=False, metadata={"help": "compare every pair of runs, not each run vs the first"})
     top_queries: int = field(default=10, metadata={"help": "queries that changed most, listed per comparison"})
+
+
+def merge_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Gather the values of every occurrence of ``flags`` (``-m a -m b``, ``--measures c d``) into one
+    ``flags[-1] a b c d`` at the first occurrence: argparse would keep only the last one."""
+    out: list[str] = []
+    values: list[str] = []
+    at = None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, inline = token.partition("=")
+        if name in flags:
+            at = len(out) if at is None else at
+            if eq:
+                values.append(inline)
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            continue
+        out.append(token)
+        i += 1
+    if at is not None:
+        out[at:at] = [flags[-1], *values]
+    return out
 
 
 def positional_runs(argv: Sequence[str]) -> list[str]:

@@ -18,11 +18,13 @@ from densekit.cli.arguments import parse_dataclasses
 from densekit.data.formats import read_qrels, read_run
 from densekit.data.data_args import DataArguments
 from densekit.data.qrels import MaterializedQRelConfig
+from densekit.cli.compare import merge_repeated
 from densekit.errors import ConfigError, InputError
-from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.modeling.model_args import ModelArguments
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: TrainingArguments (transformers, peft) takes seconds to import,
+    # which scoring a run file does not need
+    from densekit.evaluation.evaluation_args import EvaluationArguments
     from densekit.evaluation.metrics import MetricResults
 
 
@@ -99,40 +101,16 @@ class RunFileArguments:
     measures: list[str] = field(
         default_factory=lambda: ["nDCG@10", "Recall@100", "MRR@10", "MAP"],
         metadata={"aliases": ["-m"], "help": "measures; repeat -m or list them: -m ndcg_cut.10 -m recall.100"})
-    per_query: bool = field(default=False, metadata={"aliases": ["-q"], "help": "print per-query lines like trec_eval -q"})
+    per_query: bool = field(default=False, metadata={"aliases": ["-q"],
+                                                     "help": "print per-query lines like trec_eval -q"})
     complete: bool = field(default=False, metadata={
         "aliases": ["-c"], "help": "judged queries absent from the run score 0 (trec_eval -c); default: left out"})
-    output_dir: Optional[str] = field(default=None, metadata={"help": "also write metrics.json, report.md, metrics_at_k.png"})
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "also write metrics.json, report.md and metrics_at_k.png here"})
 
 
 #: Options of model mode that a user may carry over by mistake into run-file mode.
 MODEL_MODE_FLAGS = frozenset({"--model_name_or_path", "--dataset", "--corpus_path", "--query_path", "--qrel_path"})
-
-
-def merge_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
-    """Gather the values of every occurrence of ``flags`` (``-m a -m b``, ``--measures c d``) into one
-    ``flags[-1] a b c d`` at the first occurrence: argparse would keep only the last one."""
-    out: list[str] = []
-    values: list[str] = []
-    at = None
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        name, eq, inline = token.partition("=")
-        if name in flags:
-            at = len(out) if at is None else at
-            if eq:
-                values.append(inline)
-            i += 1
-            while i < len(argv) and not argv[i].startswith("-"):
-                values.append(argv[i])
-                i += 1
-            continue
-        out.append(token)
-        i += 1
-    if at is not None:
-        out[at:at] = [flags[-1], *values]
-    return out
 
 
 def wants_run_file(argv: list[str]) -> bool:
@@ -212,6 +190,8 @@ def run(argv) -> int:
         (args,) = parse_dataclasses((RunFileArguments,), argv, prog="densekit evaluate --run")
         evaluate_run_file(args)
         return 0
+    from densekit.evaluation.evaluation_args import EvaluationArguments
+
     model_args, data_args, eval_args, dataset_args = parse_dataclasses(
         (ModelArguments, DataArguments, EvaluationArguments, DatasetArguments), argv, prog="densekit evaluate")
     evaluate(model_args, data_args, eval_args, dataset_args)
