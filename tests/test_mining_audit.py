@@ -148,6 +148,8 @@ def test_audit_counts_kept_negatives_judged_relevant_elsewhere_and_fingerprint(t
     report = (tmp_path / "b" / "report.md").read_text()
     section = report_table(report, "Kept negatives judged relevant")
     assert section == {"this dataset's judgments": "0", str(other): "2"}
+    judged_there = len({q for q, _, _, _ in kept[:3]} | {"q-cats"})
+    assert re.search(rf"\| {re.escape(str(other))} \| 2 \| [0-9.]+% \| {judged_there} of 6 \|", report)
     info_a, info_b = (json.loads((tmp_path / x / "mining.json").read_text()) for x in "ab")
     assert info_a["fingerprint"] == info_b["fingerprint"]  # same model, data and rules: the same pool
     third = make_evaluator(tiny_model_dir, beir, tmp_path / "c", search_topk=3, no_annot_in_mined_hn=True,

@@ -63,10 +63,15 @@ def score_groups(pool: Pool, band: Optional[tuple[int, Optional[int]]] = None) -
             "unused": pool.scores[inside & (pool.status == UNUSED)].astype(np.float64)}
 
 
-def relevant_kept(pool: Pool, qrels_by_source: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, int]:
-    """For each qrels source, how many kept (query, negative) pairs it judges relevant (> 0)."""
+def relevant_kept(pool: Pool, qrels_by_source: Mapping[str, Mapping[str, Mapping[str, float]]]
+                  ) -> dict[str, tuple[int, int]]:
+    """For each qrels source: kept (query, negative) pairs it judges relevant (> 0), and mined queries it judges.
+
+    The second number says whether the first can be other than 0: splits with disjoint queries share none.
+    """
     kept = pool.kept()
-    return {source: sum(1 for qid, docs in kept.items() for doc, _, _ in docs if qrels.get(qid, {}).get(doc, 0) > 0)
+    return {source: (sum(1 for qid, docs in kept.items() for doc, _, _ in docs if qrels.get(qid, {}).get(doc, 0) > 0),
+                     sum(1 for qid in kept if qid in qrels))
             for source, qrels in qrels_by_source.items()}
 
 
@@ -134,7 +139,7 @@ def plot_scores(path: Path, pool: Pool) -> None:
         figure.savefig(handle, format="png", dpi=90)
 
 
-def render_report(pool: Pool, info: Mapping[str, Any], relevant: Mapping[str, int],
+def render_report(pool: Pool, info: Mapping[str, Any], relevant: Mapping[str, tuple[int, int]],
                   rows: Sequence[Mapping[str, Any]], plot_name: Optional[str]) -> str:
     """The Markdown text of the audit."""
     counts = pool.counts()
@@ -165,9 +170,10 @@ def render_report(pool: Pool, info: Mapping[str, Any], relevant: Mapping[str, in
     lines.append(f"| not retrieved | {_stats(pos_scores[pos_ranks == 0])} | | | |")
     lines += ["", "## Kept negatives judged relevant", "",
               "Kept (query, negative) pairs that a qrels file judges > 0: likely false negatives.", "",
-              "| qrels | kept pairs judged relevant | share of kept |", "| --- | --- | --- |"]
-    for source, n in relevant.items():
-        lines.append(f"| {source} | {n} | {n / max(1, counts['kept']):.2%} |")
+              "| qrels | kept pairs judged relevant | share of kept | mined queries judged there |",
+              "| --- | --- | --- | --- |"]
+    for source, (n, queries) in relevant.items():
+        lines.append(f"| {source} | {n} | {n / max(1, counts['kept']):.2%} | {queries} of {counts['queries']} |")
     lines += ["", "## Sample", "", "`label`: the document's judgment for the query in the mined dataset (blank: "
               "not judged).", "", "| query | rank | score | reference positive | status | label | document |",
               "| --- | --- | --- | --- | --- | --- | --- |"]

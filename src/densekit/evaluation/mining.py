@@ -20,7 +20,13 @@ pairing. It is also the cautious choice against false negatives: a candidate wit
 relevant document is as close to the query as a document already judged relevant. ``mean`` and ``max`` drop
 fewer candidates. With one positive all three agree (NV-Retriever's setting). A query without a positive
 (only judged-0 documents) has no reference, and the margin rules do not apply to it. Positives are the
-judgments with a label > 0, as trec_eval counts relevance.
+judgments with a label > 0, as trec_eval counts relevance. The relative margin assumes a positive reference
+score (cosine or dot product of a relevant document); with a reference <= 0, ``margin * reference`` lies above
+the reference and the rule drops what scores above about the reference itself.
+
+Note on corpora whose queries have many broad judgments (NFCorpus: a median of 18 and up to 1363 positives
+per training query), the weakest positive can score like a random document, so ``min`` empties many pools;
+the audit shows it (queries without negative), and ``mean`` or an absolute ``max_score`` are the looser choices.
 
 Every candidate ends with one status: ``kept``, ``unused`` (passed every rule, but not among the k taken), or
 dropped by the FIRST rule in :data:`DROP_RULES` order that applies. :func:`select_negatives` is the pure
