@@ -118,7 +118,7 @@ def test_selection_flags_shape_the_pool_and_the_tevatron_negatives(tiny_model_di
     for qid, record in records_of(out / "train.jsonl").items():  # the negatives are the pool's, in rank order
         negatives = [p["docid"] for p in record["negative_passages"]]
         assert [ranks[(qid, d)] for d in negatives] == sorted(r for (q, _), r in ranks.items() if q == qid)
-    assert (out / "report.md").is_file() and (out / "audit.png").is_file()
+    assert (out / "audit.md").is_file() and (out / "audit.png").is_file()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -63,7 +63,7 @@ def test_mined_files_agree_with_the_search_the_rules_and_the_audit(tiny_model_di
                                mine_relative_margin=0.999, no_annot_in_mined_hn=True, merge_mined_qrels=True)
     paths = evaluator.mine_hard_negatives()
     assert {p.name for p in paths.values()} == {"mined_qrels.tsv", "mined_run.trec", "mining.json",
-                                                 "merged_qrels.tsv", "report.md", "audit.png"}
+                                                 "merged_qrels.tsv", "audit.md", "audit.png"}
     judged = read_qrels(beir / "qrels" / "test.tsv")
     ranking = full_ranking(evaluator)
     lines = run_lines(out / "mined_run.trec")
@@ -93,7 +93,7 @@ def test_mined_files_agree_with_the_search_the_rules_and_the_audit(tiny_model_di
     merged = read_qrels(out / "merged_qrels.tsv")
     assert all(merged[q][d] == 0 for q, d, _, _ in lines) and all(merged[q][d] == l for q in judged
                                                                     for d, l in judged[q].items())
-    report = (out / "report.md").read_text()
+    report = (out / "audit.md").read_text()
     assert report_table(report, "Counts") == {k: str(v) for k, v in counts.items()}
     assert f"Fingerprint: `{info['fingerprint']}`" in report
     assert info["settings"]["search_depth"] == 12 and info["settings"]["relative_margin"] == 0.999
@@ -110,7 +110,7 @@ def test_without_new_options_mining_keeps_the_top_search_topk_unjudged_documents
     judged = read_qrels(beir / "qrels" / "test.tsv")
     expected = {q: [d for d, _ in ranked if d not in judged[q]][:4] for q, ranked in full_ranking(evaluator).items()}
     assert {q: list(d) for q, d in read_qrels(tmp_path / "m" / "mined_qrels.tsv").items()} == expected
-    assert not (tmp_path / "m" / "report.md").exists() and not (tmp_path / "m" / "audit.png").exists()
+    assert not (tmp_path / "m" / "audit.md").exists() and not (tmp_path / "m" / "audit.png").exists()
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -145,7 +145,7 @@ def test_audit_counts_kept_negatives_judged_relevant_elsewhere_and_fingerprint(t
                             encoding_cache_dir=cache, audit_qrels=[str(other)])
     second.mine_hard_negatives()
     assert run_lines(tmp_path / "b" / "mined_run.trec") == kept
-    report = (tmp_path / "b" / "report.md").read_text()
+    report = (tmp_path / "b" / "audit.md").read_text()
     section = report_table(report, "Kept negatives judged relevant")
     assert section == {"this dataset's judgments": "0", str(other): "2"}
     judged_there = len({q for q, _, _, _ in kept[:3]} | {"q-cats"})

@@ -9,7 +9,7 @@ command before anything is encoded.
 
 Always writes ``output_dir/mined_qrels.tsv`` (query-id, corpus-id, similarity; each query's documents best
 first), ``mined_run.trec`` (the same negatives with their rank in the search and score), ``mining.json``
-(settings, counts per rule, fingerprint), the audit ``report.md`` + ``audit.png`` (``--mine_audit false`` to
+(settings, counts per rule, fingerprint), the audit ``audit.md`` + ``audit.png`` (``--mine_audit false`` to
 skip; ``--audit_qrels FILE ...`` counts kept negatives that other qrels judge relevant) and, with
 ``--merge_mined_qrels``, ``merged_qrels.tsv``. With ``--output_format tevatron`` it also
 writes ``output_dir/train.jsonl``, Tevatron / OpenMatch training data as OpenMatch's build_hn makes::

@@ -1,4 +1,4 @@
-"""The audit of a mined negative pool: ``report.md`` and ``audit.png`` beside the mined files.
+"""The audit of a mined negative pool: ``audit.md`` and ``audit.png`` beside the mined files.
 
 Why: a pool of hard negatives is only as good as its false-negative control, and the numbers that tell
 (how many candidates each rule dropped, how the kept negatives score against the positives, how many kept
@@ -20,7 +20,8 @@ from densekit.files import atomic_write
 if TYPE_CHECKING:
     from densekit.data.datasets import MultiLevelDataset
 
-REPORT, PLOT = "report.md", "audit.png"
+# Not report.md: evaluate() writes that name, and one evaluator (one output_dir) often evaluates and mines.
+REPORT, PLOT = "audit.md", "audit.png"
 #: Rank bands of the tables and plots (inclusive; None = no upper end).
 BANDS: tuple[tuple[int, Optional[int]], ...] = ((1, 10), (11, 30), (31, 100), (101, None))
 _DROPPED = [code for code, name in STATUS_NAMES.items() if name in DROP_RULES]
@@ -189,7 +190,7 @@ def render_report(pool: Pool, info: Mapping[str, Any], relevant: Mapping[str, tu
 def write_audit(output_dir: Path, pool: Pool, dataset: "MultiLevelDataset", info: Mapping[str, Any], *,
                 audit_qrels: Optional[Mapping[str, Mapping[str, Mapping[str, float]]]] = None,
                 sample: int = 20, seed: int = 0, plot: bool = True) -> dict[str, Path]:
-    """Write ``report.md`` (and ``audit.png``) into ``output_dir``; return their paths.
+    """Write ``audit.md`` (and ``audit.png``) into ``output_dir``; return their paths.
 
     ``audit_qrels`` maps a label (the file name) to judgments; the dataset's own judgments are always
     checked too (they can only match when judged documents were not excluded).

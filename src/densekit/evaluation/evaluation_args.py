@@ -98,7 +98,7 @@ class EvaluationArguments(TrainingArguments):
                           "counted as suspected false negatives."},
     )
     mine_audit: bool = field(
-        default=True, metadata={"help": "Mining: write the pool audit (report.md + audit.png) in output_dir."})
+        default=True, metadata={"help": "Mining: write the pool audit (audit.md + audit.png) in output_dir."})
     mine_audit_sample: int = field(
         default=20, metadata={"help": "Mining audit: rows (kept and dropped) shown with their texts."})
 

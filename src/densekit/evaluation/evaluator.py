@@ -49,6 +49,17 @@ class _Side:
     name: Optional[str]
 
 
+def data_fingerprints(dataset: MultiLevelDataset) -> dict[str, str]:
+    """What a report names the data by: SHA-256 of each corpus and query file, and a hash of the judgments
+    evaluated (after the dataset's own filters), so two reports are comparable at a glance."""
+    from densekit.cache import fingerprint, sha256_file
+
+    out = {f"corpus {Path(p).name}": sha256_file(p) for p in getattr(dataset, "corpus_paths", [])}
+    out.update({f"queries {Path(p).name}": sha256_file(p) for p in getattr(dataset, "query_paths", [])})
+    out["judgments"] = fingerprint(sorted((q, sorted(d.items())) for q, d in dataset.qrels.items()))
+    return out
+
+
 class RetrievalEvaluator:
     """Evaluate a bi-encoder on a :class:`MultiLevelDataset` (all judged queries against its whole corpus).
 
@@ -276,7 +287,8 @@ class RetrievalEvaluator:
                              settings={"search_topk": self.args.search_topk, "num_queries": len(result.query_ids),
                                        "num_documents": len(result.doc_ids),
                                        "processes": distributed.world_size(),
-                                       **self.describe_encoding(dataset)})
+                                       **self.describe_encoding(dataset)},
+                             qrels=dataset.qrels, fingerprints=data_fingerprints(dataset))
             report_metrics(self.args.report_to, metrics.aggregate)
         distributed.barrier()
         return dict(metrics.aggregate)
@@ -297,7 +309,7 @@ class RetrievalEvaluator:
         training reads), ``mined_run.trec`` (the same negatives with their rank in the search and score),
         ``mining.json`` (settings, counts per rule, fingerprint of model, data and settings), with
         ``merge_mined_qrels`` ``merged_qrels.tsv`` (every judgment with its label plus each mined document not
-        judged for that query as 0), and with ``mine_audit`` the audit ``report.md`` + ``audit.png``.
+        judged for that query as 0), and with ``mine_audit`` the audit ``audit.md`` + ``audit.png``.
         Returns the paths by role (``mined``, ``run``, ``info``, ``merged``, ``report``, ``plot``).
         """
         from densekit.data.formats import read_qrels
