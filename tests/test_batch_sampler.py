@@ -3,6 +3,7 @@ global batch), every example once per epoch, and the trainer's loader built on i
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from densekit.data.collator import RetrievalCollator
@@ -94,3 +95,26 @@ def test_trainer_uses_the_sampler_when_asked(tiny_model_dir, dataset, tmp_path):
     assert trainer(False)._group_batch_sampler() is None
     result = trainer(True).train()
     assert result.global_step == 3
+
+
+def test_a_resumed_run_sees_the_same_batches_and_ends_with_the_same_weights(tiny_model_dir, dataset, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    collator = RetrievalCollator(DataArguments(group_size=3, passage_max_len=8, query_max_len=8), tokenizer)
+    steps = len(GroupBatchSampler(dataset, 4, seed=3)) + 2  # into the second epoch
+
+    def trainer(out):
+        model = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=str(tiny_model_dir)))
+        args = RetrievalTrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=steps,
+                                          save_steps=steps - 1, learning_rate=1e-3, disable_tqdm=True, seed=3,
+                                          dataloader_pin_memory=False, unique_passages_per_batch=True)
+        return RetrievalTrainer(args=args, model=model, tokenizer=tokenizer, data_collator=collator,
+                                train_dataset=dataset)
+
+    first = trainer(tmp_path / "first")
+    first.train()
+    dataset.set_epoch(0)
+    second = trainer(tmp_path / "second")
+    second.train(resume_from_checkpoint=str(tmp_path / "first" / f"checkpoint-{steps - 1}"))
+    done = {n: v.detach().clone() for n, v in first.model.state_dict().items()}
+    resumed = {n: v.detach().clone() for n, v in second.model.state_dict().items()}
+    assert all(torch.allclose(resumed[n], done[n], rtol=0, atol=1e-6) for n in done)

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from transformers import AutoTokenizer, TrainerCallback
 
 from densekit import distributed
@@ -226,14 +225,14 @@ def test_two_process_masked_loss_and_gradients_equal_one_process(tiny_model_dir,
         ref = model(query=queries, passage=passages, label=label, **extra).loss
         ref.backward()
         reference = grads_of(model)
-        unmasked = float(model(query=queries, passage=passages, label=label).loss)
+        unmasked = model(query=queries, passage=passages, label=label).loss.item()
     finally:
         torch.set_num_threads(before)
     assert not distributed.is_distributed()
-    assert abs(unmasked - float(ref)) > 1e-4  # the batch really has false negatives across ranks
+    assert abs(unmasked - ref.item()) > 1e-4  # the batch really has false negatives across ranks
     for rank in range(WORLD):
         out = torch.load(tmp_path / f"rank{rank}.pt")
-        assert abs(out["loss"] / WORLD - float(ref)) < 1e-5
+        assert abs(out["loss"] / WORLD - ref.item()) < 1e-5
         for name, grad in reference.items():
             error = float((out["grads"][name] - grad).abs().max())
             assert error <= 1e-5 * max(1.0, float(grad.abs().max())), (name, error)

@@ -24,8 +24,8 @@ from typing import Optional
 from densekit.cli.arguments import parse_dataclasses
 from densekit.cli.evaluate import DatasetArguments, qrel_config_from
 from densekit.data.data_args import DataArguments
-from densekit.errors import ConfigError
 from densekit.data.qrels import MaterializedQRelConfig
+from densekit.errors import ConfigError
 from densekit.modeling.model_args import ModelArguments
 from densekit.training.training_args import RetrievalTrainingArguments
 

@@ -176,8 +176,9 @@ class BinaryDataset(torch.utils.data.Dataset):
     collator passes on so that the loss can leave in-batch false negatives out.
 
     Sampling: example ``index`` of epoch ``e`` draws with ``example_rng(sampling_seed, e, index)``: the
-    positive uniformly among the query's positives (``num_positives`` of them without replacement), the negatives without replacement among its negatives,
-    so the same (seed, epoch, index) always gives the same group, in any worker or process.
+    positive uniformly among the query's positives (``num_positives`` of them without replacement), the
+    negatives without replacement among its negatives, so the same (seed, epoch, index) always gives the
+    same group, in any worker or process.
 
     Queries are those of the query file(s), in file order, that have at least one positive. Counted
     warnings report what is left out or filled: queries with negatives but no positive (skipped), queries
@@ -381,7 +382,8 @@ class MultiSourceDataset(torch.utils.data.Dataset):
         if not datasets:
             raise ConfigError("MultiSourceDataset needs at least one dataset.")
         if sampling not in self.SAMPLINGS:
-            raise ConfigError(f"multi-dataset sampling {sampling!r} is unknown; use one of {', '.join(self.SAMPLINGS)}.")
+            raise ConfigError(f"multi-dataset sampling {sampling!r} is unknown; "
+                              f"use one of {', '.join(self.SAMPLINGS)}.")
         sizes = {getattr(getattr(d, "data_args", None), "group_size", None) for d in datasets}
         if len(sizes) != 1:
             raise ConfigError(f"the datasets have different group sizes {sorted(map(str, sizes))}; a batch "

@@ -176,8 +176,8 @@ class BiEncoderRetriever(torch.nn.Module):
             logits = local_logits if local_logits is not None else self.similarity(query_embs, passage_embs)
             if not wants_mask:
                 return self.loss_fn(logits, label)
-            mask = false_negative_mask(_label_or_first(label, logits.shape, logits.device), _flat(passage_row), positive_rows,
-                                       _flat(passage_hash))
+            mask = false_negative_mask(_label_or_first(label, logits.shape, logits.device), _flat(passage_row),
+                                       positive_rows, _flat(passage_hash))
             return self.loss_fn(logits, label, mask=mask)
         query_all = distributed.gather_with_grad(query_embs)
         passage_all = distributed.gather_with_grad(passage_embs)

@@ -73,10 +73,9 @@ def false_negative_mask(label: torch.Tensor, passage_row: Optional[torch.Tensor]
         mask |= _row_matches(passage_row.reshape(-1).to(device).long(), columns, own_positive,
                              None if positive_rows is None else positive_rows.to(device).long())
     if passage_hash is not None:
-        hashes = passage_hash.reshape(-1).to(device).long()
-        own = hashes[columns]  # [Q, G]
-        same = hashes[None, :, None] == own[:, None, :]  # [Q, P, G]; G is small
-        mask |= (same & own_positive[:, None, :]).any(dim=2)
+        # hashes -> dense text ids (equal text, equal id), then compared exactly like rows
+        _, text_ids = torch.unique(passage_hash.reshape(-1).to(device).long(), return_inverse=True)
+        mask |= _row_matches(text_ids, columns, own_positive, None)
     own_columns = torch.zeros_like(mask)
     own_columns.scatter_(1, columns, own_positive)
     return mask & ~own_columns
