@@ -47,5 +47,6 @@ def run(argv) -> int:
     write_evaluation(Path(args.output_dir), result, metrics, tag=args.run_tag, seconds=time.perf_counter() - began,
                      settings={"search_topk": args.topk, "num_queries": len(result.query_ids),
                                "num_documents": len(result.doc_ids),
-                               "corpus_embeddings": json.dumps(args.corpus_embeddings)})
+                               "corpus_embeddings": json.dumps(args.corpus_embeddings)},
+                     qrels=qrels)
     return 0

@@ -22,7 +22,6 @@ from densekit.cache import EmbeddingCache
 from densekit.data.collator import RetrievalCollator
 from densekit.data.data_args import DataArguments
 from densekit.data.datasets import MultiLevelDataset
-from densekit.data.formats import write_qrels
 from densekit.errors import ConfigError
 from densekit.evaluation.embeddings import Embedder
 from densekit.evaluation.encoding import encode_texts
