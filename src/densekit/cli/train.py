@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -27,6 +28,7 @@ from densekit.data.data_args import DataArguments
 from densekit.data.qrels import MaterializedQRelConfig
 from densekit.errors import ConfigError
 from densekit.modeling.model_args import ModelArguments
+from densekit.training.retrieval_eval import DevEvaluationArguments
 from densekit.training.training_args import RetrievalTrainingArguments
 
 
@@ -101,9 +103,20 @@ def qrel_configs_from(args: TrainDataArguments) -> tuple[MaterializedQRelConfig,
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, train_args: RetrievalTrainingArguments,
-          train_data_args: TrainDataArguments) -> dict[str, float]:
-    """Build model, dataset, collator and trainer from parsed options, train, save; returns train metrics."""
+          train_data_args: TrainDataArguments, dev_args: Optional[DevEvaluationArguments] = None,
+          command: Optional[str] = None) -> dict[str, float]:
+    """Build model, dataset, collator and trainer from parsed options, train, save; returns train metrics.
+
+    With ``dev_args.eval_dataset`` the dev split is ranked in full at each evaluation (eval_nDCG@10 ... for
+    ``--metric_for_best_model``, ``--load_best_model_at_end``, early stopping). The output folder records
+    what was read (``training_provenance.json``: data files' SHA-256, the negative pool's fingerprint, the
+    command), which the model card of an exported model shows.
+    """
     from transformers import AutoTokenizer
+
+    from densekit.data.qrels import as_path_list
+    from densekit.model_card import write_training_provenance
+    from densekit.training.retrieval_eval import dev_evaluation_callbacks
 
     from densekit.data.collator import RetrievalCollator
     from densekit.data.datasets import BinaryDataset, MultiSourceDataset
@@ -123,10 +136,21 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
                 for positives, negatives in configs]
     dataset = datasets[0] if len(datasets) == 1 else \
         MultiSourceDataset(datasets, sampling=train_data_args.multi_dataset_sampling)
+    dev_args = dev_args or DevEvaluationArguments()
+    dev_config = qrel_config_from(DatasetArguments(dataset=dev_args.eval_dataset, split=dev_args.eval_split)) \
+        if dev_args.eval_dataset else None
+    dev_dataset, callbacks = dev_evaluation_callbacks(dev_args, train_args, dev_config, data_args, **formatting)
     collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token,
                                  model_max_length=model.max_length)
     trainer = RetrievalTrainer(args=train_args, model=model, tokenizer=tokenizer, data_collator=collator,
-                               train_dataset=dataset)
+                               train_dataset=dataset, eval_dataset=dev_dataset, callbacks=callbacks)
+    if trainer.is_world_process_zero():
+        files = list(dict.fromkeys(path for positives, _ in configs for path in (
+            *as_path_list(positives.corpus_path), *as_path_list(positives.query_path),
+            *as_path_list(positives.qrel_path))))
+        write_training_provenance(train_args.output_dir, data_files=files, command=command,
+                                  base_model=model_args.model_name_or_path,
+                                  negative_files=train_data_args.negative_qrel_path or ())
     result = trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     trainer.save_model()
     if trainer.is_world_process_zero():
@@ -136,7 +160,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
 
 
 def run(argv) -> int:
-    model_args, data_args, train_args, train_data_args = parse_dataclasses(
-        (ModelArguments, DataArguments, RetrievalTrainingArguments, TrainDataArguments), argv, prog="densekit train")
-    train(model_args, data_args, train_args, train_data_args)
+    model_args, data_args, train_args, train_data_args, dev_args = parse_dataclasses(
+        (ModelArguments, DataArguments, RetrievalTrainingArguments, TrainDataArguments, DevEvaluationArguments),
+        argv, prog="densekit train")
+    train(model_args, data_args, train_args, train_data_args, dev_args, command=shlex.join(["densekit", "train", *argv]))
     return 0

@@ -107,6 +107,9 @@ class RetrievalTrainer(Trainer):
         elif getattr(self.args, "grad_cache", False):
             raise ConfigError("grad_cache needs RetrievalTrainingArguments.")
         self.add_callback(SetEpochCallback(self))
+        from densekit.training.retrieval_eval import put_retrieval_evaluation_first
+
+        put_retrieval_evaluation_first(self.callback_handler)  # dev metrics in place before early stopping reads them
         if hasattr(self.data_collator, "bind_model") and isinstance(self.model, torch.nn.Module):
             # unset token budgets come from the model, as in evaluation (one encoding spec)
             self.data_collator.bind_model(self.model)
