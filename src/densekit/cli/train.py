@@ -154,6 +154,18 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
     result = trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     trainer.save_model()
     if trainer.is_world_process_zero():
+        from densekit.training.report import write_training_report
+
+        settings = {"query_max_len": collator.query_max_len, "passage_max_len": collator.passage_max_len,
+                    "append_eos": collator.append_eos, **model.encoder.densekit_config(),
+                    "loss": model_args.loss, "temperature": model_args.temperature,
+                    "group_size": data_args.group_size, "positives_per_query": train_data_args.positives_per_query,
+                    "batch_size": train_args.per_device_train_batch_size, "learning_rate": train_args.learning_rate,
+                    "epochs": train_args.num_train_epochs, "grad_cache": train_args.grad_cache,
+                    "mask_false_negatives": train_args.mask_false_negatives, "seed": train_args.seed,
+                    "command": command}
+        write_training_report(train_args.output_dir, log_history=trainer.state.log_history, settings=settings,
+                              metrics=dict(result.metrics))
         print(f"densekit train: {len(dataset)} queries, {result.global_step} steps, "
               f"loss {result.training_loss:.4f}; model saved to {train_args.output_dir}")
     return dict(result.metrics)
