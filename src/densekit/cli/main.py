@@ -15,6 +15,7 @@ COMMANDS = {
     "encode": ("densekit.cli.encode", "embed a corpus/query file (or one shard) into a resumable embedding folder"),
     "search": ("densekit.cli.search", "exact top-k over embedding folders -> run.trec (+ metrics with --qrels)"),
     "mine": ("densekit.cli.mine", "hard negatives for judged queries -> mined_qrels.tsv (+ merged_qrels.tsv, Tevatron train.jsonl)"),
+    "rescore": ("densekit.cli.rescore", "teacher scores for mined candidates -> teacher_scores.tsv (KL/margin-MSE targets), filtered_negatives.tsv"),
     "convert": ("densekit.cli.convert", "convert data: beir|tevatron|dpr|tsv|hf|ir_datasets -> beir|tevatron|trec"),
     "compare": ("densekit.cli.compare", "significance of run differences: compare RUN_A RUN_B ... --qrels Q "
                                         "(t-test, randomization, bootstrap CI, Holm)"),
