@@ -62,13 +62,38 @@ def test_missing_dataset_folder_is_reported(tiny_model_dir, tmp_path, capsys):
     assert rc == 1 and "nope" in capsys.readouterr().err
 
 
-def test_demo_runs_on_builtin_collection(tiny_model_dir, tmp_path, monkeypatch, capsys):
+def test_demo_runs_the_tutorial_on_the_builtin_collection(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """All four stages with a tiny model: stage folders, the top report with significance and plots, a better
+    stage 2 than base (a random tiny model learns the task), and a rerun that reuses every stage."""
     monkeypatch.setenv("DENSEKIT_CACHE", str(tmp_path / "cache"))
-    assert main(["demo", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "densekit evaluate: nDCG@10=" in out
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert metrics["settings"]["num_queries"] > 100 and metrics["settings"]["num_documents"] > 1000
+    out = tmp_path / "demo"
+    argv = ["demo", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--epochs", "2",
+            "--stage2_epochs", "1", "--batch_size", "32", "--chunk_size", "16", "--learning_rate", "1e-3",
+            "--stage2_learning_rate", "5e-4", "--mine_relative_margin", "0"]  # a tiny model's scores all bunch up
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "densekit evaluate: nDCG@10=" in printed and "densekit demo: base nDCG@10=" in printed
+    for stage in ("base", "stage1", "stage2"):
+        metrics = json.loads((out / stage / "metrics.json").read_text())
+        assert metrics["settings"]["num_queries"] > 100 and metrics["settings"]["num_documents"] > 1000
+        assert (out / stage / "run.trec").is_file() and (out / stage / "command.txt").is_file()
+    for stage in ("stage1", "stage2"):
+        assert (out / stage / "model" / "densekit_config.json").is_file()
+        assert (out / stage / "model" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "mined" / "mined_qrels.tsv").is_file() and (out / "mined" / "audit.md").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Changes and their significance" in report and "base -> stage2" in report
+    assert (out / "metrics_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ndcg = {s: json.loads((out / s / "metrics.json").read_text())["aggregate"]["nDCG@10"] for s in ("base", "stage2")}
+    assert ndcg["stage2"] > ndcg["base"]
+    assert main(argv) == 0  # the same command again: every stage reused, nothing retrained
+    assert capsys.readouterr().out.count("reused from an earlier run") == 6
+
+
+def test_demo_refuses_a_dataset_without_a_train_split(tiny_model_dir, tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir")
+    assert main(["demo", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir)]) == 1
+    assert "train.tsv does not exist" in capsys.readouterr().err
 
 
 def test_console_script_lists_commands_and_rejects_unknown_ones():

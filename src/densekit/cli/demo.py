@@ -11,7 +11,7 @@ Stages, each a sub-folder of ``--output_dir`` holding its run, metrics and (for 
 
 then ``report.md`` at the top: a before/after table with the paired significance of every change
 (:mod:`densekit.evaluation.compare`), and the plots. Every stage runs the same ``densekit`` command a user
-would type (printed, and kept in ``<stage>/command.txt``); a stage whose outputs exist from the same
+would type (printed, and kept in ``command.txt`` beside its output); a stage whose outputs exist from the same
 command is reused, so an interrupted demo resumes at the stage it was in.
 
 The default collection is built offline from the Python standard library's docstrings
@@ -63,7 +63,10 @@ class DemoArguments:
     mine_max_rank: int = field(default=100, metadata={"help": "mining: deepest rank a negative is taken from"})
     mine_num_negatives: int = field(default=10, metadata={"help": "mining: negatives kept per query"})
     mine_relative_margin: float = field(default=0.95, metadata={
-        "help": "mining: drop candidates scoring above this fraction of the positives' score (TopK-PercPos)"})
+        "help": "mining: drop candidates scoring above this fraction of the positives' score (TopK-PercPos); "
+                "0 turns the rule off"})
+    mine_positive_reference: str = field(default="mean", metadata={
+        "help": "mining: the positives' score the margin refers to (min, mean or max of the query's positives)"})
     seed: int = field(default=42, metadata={"help": "seed of training and mining"})
     max_seconds_hint: Optional[float] = field(default=None, metadata={"help": "print a warning if the demo runs longer"})
 
@@ -105,14 +108,14 @@ class _Pipeline:
         """Run ``densekit <argv>`` for ``stage`` unless ``done`` exists from the same command."""
         from densekit.cli.main import main
 
-        record = self.out / stage / "command.txt"
+        record = done.parent / "command.txt"  # beside what the command makes: stage/ or stage/model/
         command = shlex.join(["densekit", *argv])
         if done.exists() and record.is_file() and record.read_text(encoding="utf-8").strip() == command:
             print(f"densekit demo: [{stage}] reused from an earlier run ({done})", flush=True)
             return
         print(f"\ndensekit demo: [{stage}] {command}", flush=True)
         began = time.perf_counter()
-        (self.out / stage).mkdir(parents=True, exist_ok=True)
+        record.parent.mkdir(parents=True, exist_ok=True)
         record.unlink(missing_ok=True)
         if main(argv) != 0:
             raise ConfigError(f"stage {stage} failed (see the error above); rerun `densekit demo` with the "
@@ -139,7 +142,7 @@ class _Pipeline:
         argv = ["train", "--model_name_or_path", model, *self.data_flags(d.train_split),
                 "--output_dir", str(output), "--group_size", "2", "--temperature", str(d.temperature),
                 "--per_device_train_batch_size", str(d.batch_size), "--learning_rate", str(learning_rate),
-                "--num_train_epochs", str(epochs), "--warmup_ratio", "0.1",
+                "--num_train_epochs", str(epochs), "--warmup_steps", "0.1",
                 "--query_max_len", str(d.query_max_len), "--passage_max_len", str(d.train_passage_max_len),
                 "--grad_cache", "true", "--query_chunk_size", str(d.chunk_size),
                 "--passage_chunk_size", str(d.chunk_size), "--seed", str(d.seed), "--logging_steps", "1",
@@ -156,9 +159,17 @@ class _Pipeline:
                 "--query_max_len", str(d.query_max_len),
                 "--search_topk", str(d.mine_num_negatives), "--mine_skip_top", str(d.mine_skip_top),
                 "--mine_max_rank", str(d.mine_max_rank), "--mine_sample", "true", "--mine_seed", str(d.seed),
-                "--mine_relative_margin", str(d.mine_relative_margin), "--no_annot_in_mined_hn", "true"]
+                "--no_annot_in_mined_hn", "true"]
+        if d.mine_relative_margin > 0:
+            argv += ["--mine_relative_margin", str(d.mine_relative_margin),
+                     "--mine_positive_reference", d.mine_positive_reference]
         self.run("mined", argv, self.out / "mined" / "mined_qrels.tsv")
-        return self.out / "mined" / "mined_qrels.tsv"
+        mined = self.out / "mined" / "mined_qrels.tsv"
+        if len(mined.read_text(encoding="utf-8").splitlines()) <= 1:
+            raise ConfigError(f"no negative survived the mining rules ({mined}); see {self.out / 'mined' / 'audit.md'} "
+                              "for what each rule dropped, and loosen --mine_relative_margin (0 turns it off) or "
+                              "widen --mine_max_rank.")
+        return mined
 
 
 def run(argv) -> int:

@@ -104,7 +104,9 @@ def write_demo_report(out: Path, folder: Path, split: str, *, seconds: float, se
             lines += ["![negative pool](mined/audit.png)", ""]
     lines += ["## Settings", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in settings.items()]
-    commands = [(stage, out / stage / "command.txt") for stage in ("base", "stage1", "mined", "stage2")]
+    commands = [(stage, out / folder / "command.txt") for stage, folder in (
+        ("base", "base"), ("stage1", "stage1/model"), ("stage1", "stage1"), ("mined", "mined"),
+        ("stage2", "stage2/model"), ("stage2", "stage2"))]
     commands = [(stage, path.read_text(encoding="utf-8").strip()) for stage, path in commands if path.is_file()]
     if commands:
         lines += ["", "## Commands", "", "Each stage is one densekit command:", "", "```bash"]
