@@ -55,3 +55,28 @@ def test_rescore_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "--teacher_kind" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(["--help"]) == 0 and "rescore" in capsys.readouterr().out
+
+
+def test_densekit_train_distills_teacher_scores(tmp_path, tiny_model_dir):
+    """densekit train --teacher_scores trains with KL on a teacher score file (float scores read exactly) and
+    refuses a loss that ignores graded targets; the score file is recorded as the run's negative pool."""
+    from densekit.cli.main import main
+    from densekit.data.formats import read_qrels
+    from tests.helpers import write_beir
+
+    beir = write_beir(tmp_path / "beir", split="train")
+    scores = tmp_path / "teacher_scores.tsv"
+    with open(scores, "w") as handle:
+        handle.write("query-id\tcorpus-id\tscore\n")
+        for i, topic in enumerate(("cats", "dogs", "rain", "sun", "bread", "chess")):
+            for n in range(3):
+                handle.write(f"q-{topic}\t{topic}-{n}\t{3.5 - n - 0.25 * i}\n")
+    assert read_qrels(scores)["q-dogs"]["dogs-1"] == 2.25
+    assert main(["train", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir),
+                 "--teacher_scores", str(scores), "--loss", "infonce", "--output_dir", str(tmp_path / "bad")]) == 1
+    assert main(["train", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir),
+                 "--teacher_scores", str(scores), "--loss", "kl", "--group_size", "3", "--max_steps", "2",
+                 "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "kl"), "--save_strategy", "no",
+                 "--report_to", "none"]) == 0
+    provenance = (tmp_path / "kl" / "training_provenance.json").read_text()
+    assert "teacher_scores.tsv" in provenance or "negatives" in provenance

@@ -59,6 +59,10 @@ class TrainDataArguments(DatasetArguments):
                                         "without it negatives are drawn at random from the corpus, distinct "
                                         "and never a positive (so --short_negatives does not apply)"})
     min_positive_score: float = field(default=1.0, metadata={"help": "judgments >= this are positives"})
+    teacher_scores: Optional[list[str]] = field(
+        default=None, metadata={"help": "teacher_scores.tsv / filtered_teacher_scores.tsv from densekit rescore: "
+                                        "groups are labelled with these scores, for --loss kl or margin_mse (with "
+                                        "--passage_selection_strategy random each epoch sees other passages)"})
 
     def __post_init__(self) -> None:
         # a YAML file or a Python caller may give one folder / split as a plain string
@@ -75,6 +79,9 @@ class TrainDataArguments(DatasetArguments):
         if len(self.split) != 1 and len(self.split) != count:
             raise ConfigError(f"--split gives {len(self.split)} splits for {count} --dataset folder(s); give one "
                               "split for all or one per dataset.")
+        if self.teacher_scores and (self.negative_qrel_path or count > 1 or self.positives_per_query > 1):
+            raise ConfigError("--teacher_scores labels each group with the teacher's scores: it replaces "
+                              "--negative_qrel_path and --positives_per_query, and reads one dataset.")
         if count > 1 and (self.corpus_path or self.query_path or self.qrel_path or self.negative_qrel_path):
             raise ConfigError("--corpus_path/--query_path/--qrel_path/--negative_qrel_path describe one dataset; "
                               "with several --dataset folders use the folders alone.")
@@ -124,16 +131,31 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
     from densekit.training.trainer import RetrievalTrainer
 
     train_args.check_group_size(data_args.group_size)
+    if train_data_args.teacher_scores:
+        from densekit.modeling.losses import RetrievalLoss
+
+        if RetrievalLoss.find(model_args.loss).__name__ not in ("KLDistillationLoss", "MarginMSELoss"):
+            raise ConfigError(f"--teacher_scores gives graded targets; train them with --loss kl or --loss "
+                              f"margin_mse, not {model_args.loss!r}.")
     configs = [qrel_configs_from(one) for one in train_data_args.per_dataset()]
     model = BiEncoderRetriever.from_model_args(args=model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
                                               trust_remote_code=model_args.trust_remote_code)
     formatting = dict(format_query=model.format_query, format_passage=model.format_passage,
                       store_cache_dir=train_data_args.store_cache_dir)
-    # judged (e.g. mined) negatives, or, without them (a BEIR train split), random corpus negatives
-    datasets = [BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
-                              num_positives=train_data_args.positives_per_query, **formatting)
-                for positives, negatives in configs]
+    if train_data_args.teacher_scores:
+        # distillation: each group is passages with the teacher's scores as labels (KL / margin-MSE targets)
+        from densekit.data.datasets import MultiLevelDataset
+
+        positives = configs[0][0]
+        teacher = MaterializedQRelConfig(qrel_path=train_data_args.teacher_scores, corpus_path=positives.corpus_path,
+                                         query_path=positives.query_path)
+        datasets = [MultiLevelDataset(data_args=data_args, qrel_config=teacher, **formatting)]
+    else:
+        # judged (e.g. mined) negatives, or, without them (a BEIR train split), random corpus negatives
+        datasets = [BinaryDataset(data_args=data_args, positive_configs=positives, negative_configs=negatives,
+                                  num_positives=train_data_args.positives_per_query, **formatting)
+                    for positives, negatives in configs]
     dataset = datasets[0] if len(datasets) == 1 else \
         MultiSourceDataset(datasets, sampling=train_data_args.multi_dataset_sampling)
     dev_args = dev_args or DevEvaluationArguments()
@@ -150,7 +172,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
             *as_path_list(positives.qrel_path))))
         write_training_provenance(train_args.output_dir, data_files=files, command=command,
                                   base_model=model_args.model_name_or_path,
-                                  negative_files=train_data_args.negative_qrel_path or ())
+                                  negative_files=(train_data_args.negative_qrel_path or [])
+                                  + (train_data_args.teacher_scores or []))
     result = trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     trainer.save_model()
     if trainer.is_world_process_zero():
