@@ -290,3 +290,38 @@ def test_scifact_reads_with_known_record_and_consistent_qrels(scifact_dir):
     assert corpus.get("4983")["title"].startswith("Microstructural development of human newborn cerebral white")
     assert queries.get("0")["text"] == "0-dimensional biomaterials lack inductive properties."
     check_qrels(qrels, queries, corpus, scifact_dir / "qrels" / "train.tsv")
+
+
+def test_dpr_passage_tsv_is_unquoted_like_csv(tmp_path):
+    """DPR's psgs.tsv (id, text, title; csv.writer quoting) reads back the original texts."""
+    import csv
+
+    from densekit.data.store import load_store
+
+    rows = [("p1", 'He said "hi" there', "A title"), ("p2", "plain text", 'Title "quoted"'), ("p3", '"x"', "t")]
+    with open(tmp_path / "psgs.tsv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["id", "text", "title"])
+        writer.writerows(rows)
+    store = load_store([tmp_path / "psgs.tsv"], kind="corpus")
+    assert [(store.ids[i], store.text_at(i), store.title_at(i)) for i in range(3)] == rows
+    # an MS MARCO-style file (no DPR header) keeps its quotes as they are
+    (tmp_path / "collection.tsv").write_text('1\t"quoted" text\n', encoding="utf-8")
+    assert load_store([tmp_path / "collection.tsv"], kind="corpus").text_at(0) == '"quoted" text'
+
+
+@pytest.mark.integration
+def test_squad_dpr_passages_equal_the_beir_copy():
+    import json
+    from pathlib import Path
+
+    from densekit.data.store import load_store
+
+    squad = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
+    store = load_store([squad / "psgs.tsv"], kind="corpus")
+    beir = {}
+    for line in open(squad / "corpus.jsonl", encoding="utf-8"):
+        row = json.loads(line)
+        beir[row["_id"]] = (row["text"], row.get("title", ""))
+    assert len(store) == len(beir)
+    assert all(beir[store.ids[i]] == (store.text_at(i), store.title_at(i)) for i in range(len(store)))

@@ -4,6 +4,11 @@ Fields are split on tabs only, with no quoting (MS MARCO texts contain quotes, n
 2 columns mean id/text and 3 columns id/title/text. A first line whose first field is a usual id column name
 (``id``, ``_id``, ``docid``, ``qid``...) is taken as a header, and columns are then found by name: ``title``,
 and ``text`` (or ``passage``, ``contents``, ``query``, ``body``), unless the caller names them.
+
+One exception to "no quoting": DPR's passage files (``psgs_w100.tsv``, header ``id<TAB>text<TAB>title``) are
+written by Python's csv module, which wraps a field holding a quote in quotes and doubles the quotes inside.
+Under that exact header a field that starts and ends with a quote is unquoted, so the texts equal the
+original passages (read as plain tabs, a third of SQuAD's passages kept stray quotes).
 """
 from __future__ import annotations
 
@@ -83,8 +88,12 @@ def iter_tsv_rows(path: str | Path, id_column: Optional[Column] = None,
         raise InputError(f"column {highest} requested but the first line has {ncols} columns.", path=path,
                          line=first_no, fix="check id_column / text_columns / title_column.")
 
+    csv_quoted = lower == ["id", "text", "title"]  # DPR's psgs_w100.tsv, written by csv.writer
+
     def parse(lineno: int, line: str) -> Row:
         fields = line.split("\t")
+        if csv_quoted:
+            fields = [_csv_unquote(f) for f in fields]
         if len(fields) != ncols:
             raise InputError(f"{len(fields)} tab-separated columns, but line {first_no} has {ncols}.", path=path,
                              line=lineno, fix="every line needs the same columns; a text must not contain tabs.")
@@ -98,6 +107,13 @@ def iter_tsv_rows(path: str | Path, id_column: Optional[Column] = None,
         yield parse(first_no, first_line)
     for lineno, line in lines:
         yield parse(lineno, line)
+
+
+def _csv_unquote(field: str) -> str:
+    """``"a ""b"" c"`` -> ``a "b" c``: a csv.writer field (quoted because it holds a quote), else unchanged."""
+    if len(field) >= 2 and field[0] == '"' and field[-1] == '"':
+        return field[1:-1].replace('""', '"')
+    return field
 
 
 def read_tsv_texts(path: str | Path, id_column: Optional[Column] = None,
