@@ -168,8 +168,7 @@ def main() -> None:
         start = time.perf_counter()
         ours_scores, ours_ids = ours_search()
         ours.append(time.perf_counter() - start)
-        rss_growth = (rss_kib("VmHWM") - before) / 1024
-        rss_after = rss_kib("VmRSS") / 1024
+        rss_growth, rss_peak = (rss_kib("VmHWM") - before) / 1024, rss_kib("VmHWM") / 1024
     if faiss is not None:
         index = faiss.IndexFlatIP(args.dim)
         for start in range(0, args.docs, 65536):
@@ -201,7 +200,7 @@ def main() -> None:
     print(f"\nall runs (s): {runs}")
     if rss_growth is not None:
         print(f"densekit peak RSS growth during the search over the {corpus.nbytes / 2**20:.0f} MiB memmap: "
-              f"{rss_growth:.0f} MiB (RSS {rss_after:.0f} MiB after it, memmap pages included)")
+              f"{rss_growth:.0f} MiB; whole-process peak RSS {rss_peak:.0f} MiB (memmap pages included)")
     if not args.skip_rss and not args.memmap:
         measure_rss(args, corpus)
 
