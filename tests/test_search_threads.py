@@ -17,8 +17,11 @@ from densekit.search import ExactSearcher, exact_search
 from densekit.search import topk as topk_module
 
 
-def blas_threads() -> dict[str, int]:
-    return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+def blas_threads(process_wide: bool = False) -> dict[str, int]:
+    """BLAS thread counts by library. ``process_wide``: only pthreads builds (numpy's OpenBLAS, which the
+    search uses); an OpenMP build (e.g. faiss's) reports the *calling thread's* OpenMP setting."""
+    return {info["filepath"]: info["num_threads"] for info in threadpool_info()
+            if info["user_api"] == "blas" and (not process_wide or info.get("threading_layer") == "pthreads")}
 
 
 @pytest.fixture()
@@ -58,7 +61,7 @@ def test_searcher_sets_single_threads_only_inside_add(caller_settings, monkeypat
 
     def spy(self, docs, offset):
         if threading.current_thread() is not threading.main_thread():  # once per worker and piece
-            seen.append((torch.get_num_threads(), blas_threads()))
+            seen.append((torch.get_num_threads(), blas_threads(process_wide=True)))
         return real(self, docs, offset)
 
     monkeypatch.setattr(topk_module._Worker, "add_chunk", spy)
@@ -74,7 +77,7 @@ def test_searcher_sets_single_threads_only_inside_add(caller_settings, monkeypat
             searcher.add(len(corpus), bad)
         assert (torch.get_num_threads(), blas_threads()) == (torch_threads, blas)
     assert (torch.get_num_threads(), blas_threads()) == (torch_threads, blas)
-    assert seen and all(set(blas_inside.values()) == {1} for _, blas_inside in seen)
+    assert seen and all(blas_inside and set(blas_inside.values()) == {1} for _, blas_inside in seen)
     assert all(torch_inside == 1 for torch_inside, _ in seen)
 
 
