@@ -56,6 +56,10 @@ class DemoArguments:
     learning_rate: float = field(default=2e-5, metadata={"help": "stage-1 learning rate"})
     stage2_learning_rate: float = field(default=1e-5, metadata={"help": "stage-2 learning rate"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
+    positives_per_query: int = field(default=1, metadata={
+        "help": "judged positives per training group; above 1 trains stage 1 with multi-positive InfoNCE "
+                "(datasets with many positives per query, e.g. NFCorpus)"})
+    negatives_per_query: int = field(default=1, metadata={"help": "random (stage 1) or mined (stage 2) negatives per group"})
     train_passage_max_len: int = field(default=128, metadata={"help": "passage tokens while training"})
     query_max_len: int = field(default=64, metadata={"help": "query tokens"})
     search_topk: int = field(default=100, metadata={"help": "documents retrieved per query when evaluating"})
@@ -68,7 +72,6 @@ class DemoArguments:
     mine_positive_reference: str = field(default="mean", metadata={
         "help": "mining: the positives' score the margin refers to (min, mean or max of the query's positives)"})
     seed: int = field(default=42, metadata={"help": "seed of training and mining"})
-    max_seconds_hint: Optional[float] = field(default=None, metadata={"help": "print a warning if the demo runs longer"})
 
 
 def bundled_minilm() -> str:
@@ -139,14 +142,19 @@ class _Pipeline:
               negatives: Optional[Path] = None) -> str:
         d = self.demo
         output = self.out / stage / "model"
+        positives = d.positives_per_query
         argv = ["train", "--model_name_or_path", model, *self.data_flags(d.train_split),
-                "--output_dir", str(output), "--group_size", "2", "--temperature", str(d.temperature),
+                "--output_dir", str(output), "--group_size", str(positives + d.negatives_per_query),
+                "--temperature", str(d.temperature),
                 "--per_device_train_batch_size", str(d.batch_size), "--learning_rate", str(learning_rate),
                 "--num_train_epochs", str(epochs), "--warmup_steps", "0.1",
                 "--query_max_len", str(d.query_max_len), "--passage_max_len", str(d.train_passage_max_len),
                 "--grad_cache", "true", "--query_chunk_size", str(d.chunk_size),
                 "--passage_chunk_size", str(d.chunk_size), "--seed", str(d.seed), "--logging_steps", "1",
                 "--save_strategy", "no", "--report_to", "none"]
+        if positives > 1:
+            argv += ["--loss", "multi_positive_infonce", "--positives_per_query", str(positives),
+                     "--unique_passages_per_batch", "true"]
         if negatives is not None:
             argv += ["--negative_qrel_path", str(negatives)]
         self.run(f"{stage}", argv, output / "densekit_config.json")
@@ -212,7 +220,5 @@ def run(argv) -> int:
 
     report = write_demo_report(Path(demo.output_dir), folder, demo.split, seconds=time.perf_counter() - began,
                                settings={k: v for k, v in vars(demo).items()}, model=model)
-    if demo.max_seconds_hint and time.perf_counter() - began > demo.max_seconds_hint:
-        print(f"densekit demo: took longer than the {demo.max_seconds_hint:.0f} s hint")
     print(f"densekit demo: {report}")
     return 0

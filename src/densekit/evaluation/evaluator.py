@@ -244,6 +244,8 @@ class RetrievalEvaluator:
                                                             name=queries.name, weights=weights), dtype=np.float32)
             if distributed.is_distributed():
                 query_embs = distributed.all_gather_rows(query_embs)
+            if query_embs is None:
+                raise ConfigError("the dataset has no judged query to search for.")
             with ExactSearcher(query_embs, topk, device=self.device) as searcher:
                 if corpus.ids:
                     def add(start: int, block: np.ndarray) -> None:
