@@ -56,10 +56,12 @@ class DemoArguments:
     learning_rate: float = field(default=2e-5, metadata={"help": "stage-1 learning rate"})
     stage2_learning_rate: float = field(default=1e-5, metadata={"help": "stage-2 learning rate"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
-    positives_per_query: int = field(default=1, metadata={
+    positives_per_query: int = field(default=3, metadata={
         "help": "judged positives per training group; above 1 trains stage 1 with multi-positive InfoNCE "
                 "(datasets with many positives per query, e.g. NFCorpus)"})
-    negatives_per_query: int = field(default=1, metadata={"help": "random (stage 1) or mined (stage 2) negatives per group"})
+    stage1_negatives: int = field(default=0, metadata={
+        "help": "random corpus negatives per stage-1 group (0: in-batch negatives only)"})
+    stage2_negatives: int = field(default=1, metadata={"help": "mined negatives per stage-2 group (at least 1)"})
     train_passage_max_len: int = field(default=128, metadata={"help": "passage tokens while training"})
     query_max_len: int = field(default=64, metadata={"help": "query tokens"})
     search_topk: int = field(default=100, metadata={"help": "documents retrieved per query when evaluating"})
@@ -85,6 +87,8 @@ def bundled_minilm() -> str:
 
 
 def _check(demo: DemoArguments, folder: Path) -> None:
+    if demo.positives_per_query < 1 or demo.stage1_negatives < 0 or demo.stage2_negatives < 1:
+        raise ConfigError("--positives_per_query and --stage2_negatives must be >= 1, --stage1_negatives >= 0.")
     unknown = [s for s in demo.stages if s not in STAGES]
     if unknown or not demo.stages:
         raise ConfigError(f"--stages {' '.join(demo.stages)}: give some of {' '.join(STAGES)}.")
@@ -143,8 +147,9 @@ class _Pipeline:
         d = self.demo
         output = self.out / stage / "model"
         positives = d.positives_per_query
+        group = positives + (d.stage2_negatives if negatives is not None else d.stage1_negatives)
         argv = ["train", "--model_name_or_path", model, *self.data_flags(d.train_split),
-                "--output_dir", str(output), "--group_size", str(positives + d.negatives_per_query),
+                "--output_dir", str(output), "--group_size", str(group),
                 "--temperature", str(d.temperature),
                 "--per_device_train_batch_size", str(d.batch_size), "--learning_rate", str(learning_rate),
                 "--num_train_epochs", str(epochs), "--warmup_steps", "0.1",
