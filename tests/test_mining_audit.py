@@ -6,31 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
-
-from densekit import (BiEncoderRetriever, DataArguments, EvaluationArguments, MaterializedQRelConfig,
-                      ModelArguments, MultiLevelDataset, RetrievalCollator, RetrievalEvaluator)
+from densekit import RetrievalEvaluator
 from densekit.data.formats import read_qrels
 from densekit.evaluation.mining import positive_ids, score_positives
 from tests.helpers import write_beir
+from tests.test_evaluation_evaluator import make_evaluator
 
 NUM_DOCS = 18  # write_beir: 6 topics x 3 documents
-
-
-def make_evaluator(model_dir, beir: Path, out: Path, **eval_kw) -> RetrievalEvaluator:
-    model_args = ModelArguments(model_name_or_path=str(model_dir), pooling="mean", normalize=True)
-    model = BiEncoderRetriever.from_model_args(args=model_args)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    data_args = DataArguments(query_max_len=16, passage_max_len=32)
-    dataset = MultiLevelDataset(data_args=data_args, format_query=model.format_query,
-                                format_passage=model.format_passage,
-                                qrel_config=MaterializedQRelConfig(qrel_path=beir / "qrels" / "test.tsv",
-                                                                   corpus_path=beir / "corpus.jsonl",
-                                                                   query_path=beir / "queries.jsonl"))
-    collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token)
-    args = EvaluationArguments(output_dir=str(out), disable_tqdm=True, **eval_kw)
-    return RetrievalEvaluator(args=args, model=model, tokenizer=tokenizer, data_collator=collator,
-                              eval_dataset=dataset)
 
 
 def run_lines(path: Path) -> list[tuple[str, str, int, float]]:
