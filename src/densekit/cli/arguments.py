@@ -95,11 +95,15 @@ def check_model_options(outputs: Sequence[Any]) -> None:
         if not isinstance(args, ModelArguments):
             continue
         if not args.model_name_or_path:
-            raise ConfigError("--model_name_or_path is required: the local folder of the model to use.")
+            raise ConfigError("--model_name_or_path is required: the local folder of the model to use (or "
+                              "--query_model_name_or_path and --passage_model_name_or_path for untied towers).")
         if args.encoder_class in ("default", "DefaultEncoder"):
             from densekit.modeling.encoders.default import check_model_folder
 
-            check_model_folder(args.model_name_or_path)
+            paths = {args.tower_path(kind) for kind in ("query", "passage")} if args.untied else \
+                {args.model_name_or_path}
+            for path in sorted(paths):
+                check_model_folder(path)
 
 
 def build(types: Sequence[type], namespace: Namespace, prog: str) -> tuple:

@@ -3,8 +3,12 @@
 Stages, each a sub-folder of ``--output_dir`` holding its run, metrics and (for training) checkpoint:
 
 1. ``base/``: evaluate the model (default: the bundled all-MiniLM-L6-v2) on the test (or ``--split``) queries;
-2. ``stage1/``: fine-tune it on the training queries (in-batch and random corpus negatives, false
-   negatives masked, gradient cache on), evaluate;
+2. ``stage1/``: fine-tune it on the training queries (false negatives masked, gradient cache on), evaluate.
+   The recipe depends on the training judgments (``--stage1_recipe auto``): with many judged positives per
+   query (at least ``MULTI_POSITIVE_MIN`` on average, e.g. NFCorpus) multi-positive InfoNCE over several judged
+   positives per group with in-batch negatives; with about one (e.g. SciFact) one ANCE round instead: hard
+   negatives mined with the base model (``stage1/negatives/``, top 30, judged documents excluded), one per
+   group, in-batch negatives;
 3. ``mined/``: mine hard negatives for the training queries with the stage-1 model (rank window,
    positive-aware margin), with the negative-pool audit;
 4. ``stage2/``: train the stage-1 model again on the mined negatives (ANCE / OpenMatch style), evaluate;
@@ -33,6 +37,14 @@ from densekit.files import atomic_write
 
 STAGES = ("base", "stage1", "mined", "stage2")
 MEASURES = ("nDCG@10", "Recall@100", "MRR@10")
+RECIPES = ("auto", "multi_positive", "mined")
+MULTI_POSITIVE_MIN = 1.5  # judged positives per training query from which stage 1 is multi-positive
+# Stage-1 settings left unset (None) on the command line, per recipe (chosen on NFCorpus and SciFact dev,
+# benchmarks/README.md).
+RECIPE_DEFAULTS = {
+    "multi_positive": {"epochs": 1.0, "batch_size": 64, "learning_rate": 2e-5},
+    "mined": {"epochs": 3.0, "batch_size": 32, "learning_rate": 5e-5},
+}
 
 
 @dataclass
@@ -49,18 +61,30 @@ class DemoArguments:
     output_dir: str = field(default="densekit_demo", metadata={"help": "one sub-folder per stage, report.md on top"})
     stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={
         "help": "stages to run, in order: base stage1 mined stage2 (e.g. --stages base for evaluation only)"})
-    epochs: float = field(default=1.0, metadata={"help": "stage-1 epochs over the training queries"})
+    stage1_recipe: str = field(default="auto", metadata={
+        "help": "stage-1 training: multi_positive (several judged positives per group, in-batch negatives), "
+                "mined (one ANCE round: a hard negative mined with the base model per group) or auto "
+                f"(multi_positive when the training queries have >= {MULTI_POSITIVE_MIN} judged positives on "
+                "average, else mined)"})
+    epochs: Optional[float] = field(default=None, metadata={
+        "help": "stage-1 epochs over the training queries (default: 1 multi_positive, 3 mined)"})
     stage2_epochs: float = field(default=1.0, metadata={"help": "stage-2 epochs"})
-    batch_size: int = field(default=64, metadata={"help": "queries per batch (gradient cache: memory stays a chunk)"})
+    batch_size: Optional[int] = field(default=None, metadata={
+        "help": "queries per batch, both stages (gradient cache: memory stays a chunk; default: 64 multi_positive, "
+                "32 mined)"})
     chunk_size: int = field(default=32, metadata={"help": "gradient-cache chunk (rows per forward/backward)"})
-    learning_rate: float = field(default=2e-5, metadata={"help": "stage-1 learning rate"})
+    learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "stage-1 learning rate (default: 2e-5 multi_positive, 5e-5 mined)"})
     stage2_learning_rate: float = field(default=1e-5, metadata={"help": "stage-2 learning rate"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
     positives_per_query: int = field(default=3, metadata={
-        "help": "judged positives per training group; above 1 trains stage 1 with multi-positive InfoNCE "
-                "(datasets with many positives per query, e.g. NFCorpus)"})
+        "help": "judged positives per training group of the multi_positive recipe (multi-positive InfoNCE "
+                "above 1; the mined recipe uses 1)"})
     stage1_negatives: int = field(default=0, metadata={
-        "help": "random corpus negatives per stage-1 group (0: in-batch negatives only)"})
+        "help": "negatives per stage-1 group of the multi_positive recipe: random corpus documents (0: in-batch "
+                "negatives only); the mined recipe uses 1 mined negative"})
+    stage1_mine_depth: int = field(default=30, metadata={
+        "help": "mined recipe: hard negatives per query taken from the base model's top ranks (judged excluded)"})
     stage2_negatives: int = field(default=1, metadata={"help": "mined negatives per stage-2 group (at least 1)"})
     train_passage_max_len: int = field(default=128, metadata={"help": "passage tokens while training"})
     query_max_len: int = field(default=64, metadata={"help": "query tokens"})
@@ -86,9 +110,42 @@ def bundled_minilm() -> str:
     return str(get_model_path())
 
 
+def positives_per_query(path: Path) -> float:
+    """Mean number of judged positives (score > 0) per judged query in a qrels file."""
+    from densekit.data.formats import read_qrels
+
+    qrels = read_qrels(path)
+    counts = [sum(1 for score in docs.values() if score > 0) for docs in qrels.values()]
+    counts = [c for c in counts if c]
+    return sum(counts) / len(counts) if counts else 0.0
+
+
+def resolve_recipe(demo: DemoArguments, folder: Path) -> str:
+    """Fix ``stage1_recipe`` (``auto`` from the training judgments) and fill the stage-1 settings left unset."""
+    recipe = demo.stage1_recipe
+    if recipe == "auto":
+        path = folder / "qrels" / f"{demo.train_split}.tsv"
+        if path.is_file():
+            mean = positives_per_query(path)
+            recipe = "multi_positive" if mean >= MULTI_POSITIVE_MIN else "mined"
+            print(f"densekit demo: {mean:.2f} judged positives per training query -> stage-1 recipe {recipe} "
+                  f"(--stage1_recipe auto; multi_positive from {MULTI_POSITIVE_MIN})", flush=True)
+        else:
+            recipe = "multi_positive"
+    demo.stage1_recipe = recipe
+    for name, value in RECIPE_DEFAULTS[recipe].items():
+        if getattr(demo, name) is None:
+            setattr(demo, name, value)
+    return recipe
+
+
 def _check(demo: DemoArguments, folder: Path) -> None:
     if demo.positives_per_query < 1 or demo.stage1_negatives < 0 or demo.stage2_negatives < 1:
         raise ConfigError("--positives_per_query and --stage2_negatives must be >= 1, --stage1_negatives >= 0.")
+    if demo.stage1_recipe not in RECIPES:
+        raise ConfigError(f"--stage1_recipe {demo.stage1_recipe}: give one of {' '.join(RECIPES)}.")
+    if demo.stage1_mine_depth < 1:
+        raise ConfigError("--stage1_mine_depth must be >= 1.")
     unknown = [s for s in demo.stages if s not in STAGES]
     if unknown or not demo.stages:
         raise ConfigError(f"--stages {' '.join(demo.stages)}: give some of {' '.join(STAGES)}.")
@@ -142,12 +199,17 @@ class _Pipeline:
                 "--measures", *MEASURES, "MAP"]
         self.run(stage, argv, self.out / stage / "metrics.json")
 
+    @property
+    def positives(self) -> int:
+        """Judged positives per training group: 1 in the mined recipe."""
+        return self.demo.positives_per_query if self.demo.stage1_recipe == "multi_positive" else 1
+
     def train(self, stage: str, model: str, epochs: float, learning_rate: float,
-              negatives: Optional[Path] = None) -> str:
+              negatives: Optional[Path] = None, negatives_per_group: int = 0) -> str:
         d = self.demo
         output = self.out / stage / "model"
-        positives = d.positives_per_query
-        group = positives + (d.stage2_negatives if negatives is not None else d.stage1_negatives)
+        positives = self.positives
+        group = positives + negatives_per_group
         argv = ["train", "--model_name_or_path", model, *self.data_flags(d.train_split),
                 "--output_dir", str(output), "--group_size", str(group),
                 "--temperature", str(d.temperature),
@@ -164,6 +226,18 @@ class _Pipeline:
             argv += ["--negative_qrel_path", str(negatives)]
         self.run(f"{stage}", argv, output / "densekit_config.json")
         return str(output)
+
+    def mine_base(self, model: str) -> Path:
+        """The mined recipe's stage-1 negatives: the base model's top ``stage1_mine_depth`` unjudged documents
+        (corpus embeddings from the base evaluation's cache)."""
+        d = self.demo
+        folder = self.out / "stage1" / "negatives"
+        argv = ["mine", "--model_name_or_path", model, *self.data_flags(d.train_split),
+                "--output_dir", str(folder), "--encoding_cache_dir", self.cache,
+                "--query_max_len", str(d.query_max_len), "--search_topk", str(d.stage1_mine_depth),
+                "--no_annot_in_mined_hn", "true"]
+        self.run("stage1 negatives", argv, folder / "mined_qrels.tsv")
+        return folder / "mined_qrels.tsv"
 
     def mine(self, model: str) -> Path:
         d = self.demo
@@ -199,6 +273,7 @@ def run(argv) -> int:
         folder = demo_collection_dir()
         print(f"densekit demo: collection at {folder} (built from the Python standard library's docs)")
     _check(demo, folder)
+    resolve_recipe(demo, folder)
     model = demo.model_name_or_path or bundled_minilm()
     pipeline = _Pipeline(demo, folder, model)
     stages = demo.stages
@@ -206,7 +281,10 @@ def run(argv) -> int:
     if "base" in stages:
         pipeline.evaluate("base", model)
     if "stage1" in stages:
-        current = pipeline.train("stage1", model, demo.epochs, demo.learning_rate)
+        if demo.stage1_recipe == "mined":
+            current = pipeline.train("stage1", model, demo.epochs, demo.learning_rate, pipeline.mine_base(model), 1)
+        else:
+            current = pipeline.train("stage1", model, demo.epochs, demo.learning_rate, None, demo.stage1_negatives)
         pipeline.evaluate("stage1", current)
     elif set(stages) & {"mined", "stage2"}:
         current = str(Path(demo.output_dir) / "stage1" / "model")
@@ -219,7 +297,8 @@ def run(argv) -> int:
         negatives = negatives or Path(demo.output_dir) / "mined" / "mined_qrels.tsv"
         if not negatives.is_file():
             raise ConfigError(f"stage2 trains on {negatives}; run the mined stage first.")
-        current = pipeline.train("stage2", current, demo.stage2_epochs, demo.stage2_learning_rate, negatives)
+        current = pipeline.train("stage2", current, demo.stage2_epochs, demo.stage2_learning_rate, negatives,
+                                 demo.stage2_negatives)
         pipeline.evaluate("stage2", current)
     from densekit.evaluation.demo_report import write_demo_report
 

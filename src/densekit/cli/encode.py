@@ -37,7 +37,7 @@ def run(argv) -> int:
     store = load_store([args.input_path], kind="corpus" if args.kind == "passage" else "queries",
                        cache_dir=args.store_cache_dir)
     model = BiEncoderRetriever.from_model_args(args=model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_path,
                                               trust_remote_code=model_args.trust_remote_code)
     max_len = data_args.passage_max_len if args.kind == "passage" else data_args.query_max_len
     encode_to_folder(model, tokenizer, store, args.kind, args.output_dir, shard_id=args.shard_id,

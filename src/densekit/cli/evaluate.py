@@ -77,7 +77,7 @@ def build_evaluator(model_args: ModelArguments, data_args: DataArguments, eval_a
 
     qrel_config = qrel_config_from(dataset_args)
     model = BiEncoderRetriever.from_model_args(args=model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_path,
                                               trust_remote_code=model_args.trust_remote_code)
     dataset = MultiLevelDataset(data_args=data_args, qrel_config=qrel_config, format_query=model.format_query,
                                 format_passage=model.format_passage, store_cache_dir=dataset_args.store_cache_dir)

@@ -139,7 +139,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Retr
                               f"margin_mse, not {model_args.loss!r}.")
     configs = [qrel_configs_from(one) for one in train_data_args.per_dataset()]
     model = BiEncoderRetriever.from_model_args(args=model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_path,
                                               trust_remote_code=model_args.trust_remote_code)
     formatting = dict(format_query=model.format_query, format_passage=model.format_passage,
                       store_cache_dir=train_data_args.store_cache_dir)

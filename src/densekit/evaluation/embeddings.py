@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from densekit.cache import EmbeddingCache
-from densekit.modeling.encoding_spec import EncodingSpec, embedding_key, weights_fingerprint
+from densekit.modeling.encoding_spec import EncodingSpec, Weights, embedding_key, weights_by_kind, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ class Embedder:
         self.cache = cache
         self.rows_encoded = 0
 
-    def weights(self) -> Optional[str]:
-        """The model's weights fingerprint now (None without a cache: nothing is looked up)."""
-        return weights_fingerprint(self.model) if self.cache is not None else None
+    def weights(self) -> Optional[dict[str, str]]:
+        """The model's weights fingerprint of each kind now (None without a cache: nothing is looked up)."""
+        return weights_by_kind(self.model) if self.cache is not None else None
 
     def _encode(self, texts: Sequence[str], spec: EncodingSpec) -> np.ndarray:
         self.rows_encoded += len(texts)
@@ -47,7 +47,7 @@ class Embedder:
 
     def embed(self, ids: Sequence[str], texts: Sequence[str], spec: EncodingSpec, name: Optional[str] = None,
               on_block: Optional[Callable[[int, np.ndarray], None]] = None,
-              weights: Optional[str] = None) -> Optional[np.ndarray]:
+              weights: Optional[Weights] = None) -> Optional[np.ndarray]:
         """Embeddings of ``texts`` (rows aligned with ``ids``) under ``spec``.
 
         With ``on_block`` the vectors are handed over block by block and not kept (streaming search;
@@ -60,7 +60,7 @@ class Embedder:
             for start in range(0, len(texts), self.block_size):
                 on_block(start, self._encode(texts[start:start + self.block_size], spec))
             return None
-        key = embedding_key(spec, self.model, ids, texts, weights=weights or weights_fingerprint(self.model))
+        key = embedding_key(spec, self.model, ids, texts, weights=weights or weights_fingerprint(self.model, spec.kind))
         entry = self.cache.entry(key, name=name)
         if entry.is_complete():
             logger.info("%s embeddings: reusing cache %s", spec.kind, entry.path)

@@ -103,7 +103,9 @@ def iter_encode_blocks(
     if batch_size < 1 or block_size < 1:
         raise ConfigError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}.")
     if max_len is None:
-        max_len = getattr(retriever, "max_length", None)
+        from densekit.modeling.encoding_spec import tower_of
+
+        max_len = getattr(tower_of(retriever, kind), "max_length", None)
     if append_eos is None:
         append_eos = bool(getattr(retriever, "append_eos_token", False))
     device = torch.device(device) if device is not None else _device_of(retriever)

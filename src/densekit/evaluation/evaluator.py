@@ -28,8 +28,7 @@ from densekit.evaluation.encoding import encode_texts
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.evaluation.metrics import MetricResults, compute_metrics
 from densekit.evaluation.output import SearchResult, check_reporters, report_metrics, write_evaluation
-from densekit.modeling.encoding_spec import (KINDS, EncodingSpec, encoding_spec, model_key,
-                                             weights_fingerprint)
+from densekit.modeling.encoding_spec import KINDS, EncodingSpec, encoding_spec, model_key, weights_by_kind
 from densekit.search.topk import ExactSearcher
 
 logger = logging.getLogger(__name__)
@@ -333,7 +332,7 @@ class RetrievalEvaluator:
         progress = not self.args.disable_tqdm
         pool = mine_pool(result, dataset, score_positives(self, dataset, result), settings, progress=progress)
         specs = self.encoding_specs(dataset)
-        weights = self.embedder.weights() or weights_fingerprint(self.model)
+        weights = self.embedder.weights() or weights_by_kind(self.model)
         keys = {kind: model_key(spec, self.model, weights) for kind, spec in specs.items()}
         record = settings_record(settings, depth)
         fingerprint, parts = pool_fingerprint(keys, dataset, record)

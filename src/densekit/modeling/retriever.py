@@ -7,6 +7,7 @@ in the encoder picked by ``ModelArguments.encoder_class`` (see :mod:`densekit.mo
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,7 @@ import torch
 from densekit import distributed
 from densekit.errors import ConfigError
 from densekit.modeling.encoders import PretrainedEncoder, read_densekit_config
+from densekit.modeling.encoders.two_tower import TwoTowerEncoder, check_same_tokenizer, tower_args
 from densekit.modeling.losses import RetrievalLoss
 from densekit.modeling.losses.false_negatives import false_negative_mask
 from densekit.modeling.model_args import ModelArguments
@@ -50,21 +52,35 @@ class BiEncoderRetriever(torch.nn.Module):
     def from_model_args(cls, args: ModelArguments, **kwargs: Any) -> "BiEncoderRetriever":
         """Instantiate the encoder named by ``args.encoder_class`` and the loss named by ``args.loss``.
 
-        ``kwargs`` go to the encoder's constructor. ``load_in_4bit`` / ``load_in_8bit`` add a
-        bitsandbytes ``quantization_config`` (CUDA only); ``use_peft`` wraps the encoder's model with
-        LoRA adapters so only they are trained. Both are checked before any weight is read.
+        ``kwargs`` go to the encoder's constructor. A checkpoint folder saved by densekit fills the
+        arguments left at their defaults from its ``densekit_config.json`` (prefixes, template, pooling,
+        projection head...), so a trained model is used as it was trained. Untied towers
+        (``untie_encoder`` or two checkpoints, see :class:`~densekit.modeling.encoders.two_tower.TwoTowerEncoder`)
+        get one encoder each, built the same way from its own folder. ``load_in_4bit`` / ``load_in_8bit``
+        add a bitsandbytes ``quantization_config`` (CUDA only); ``use_peft`` wraps each encoder's model
+        with LoRA adapters so only they are trained. Both are checked before any weight is read.
         """
         if not isinstance(args, ModelArguments):
             raise ConfigError(f"from_model_args needs a ModelArguments, got {type(args).__name__}.")
-        encoder_cls = PretrainedEncoder.find(args.encoder_class)
         loss_fn = RetrievalLoss.from_model_args(args)
         if args.load_in_4bit or args.load_in_8bit:
             kwargs.setdefault("quantization_config", _quantization_config(args))
         if args.use_peft:
             _require_peft()
-        encoder = encoder_cls(args, **kwargs)
+        if args.untied:
+            towers = {}
+            for kind in ("query", "passage"):
+                own = with_saved_defaults(tower_args(args, kind))
+                towers[kind] = PretrainedEncoder.find(own.encoder_class)(own, **kwargs)
+            if args.query_model_name_or_path and args.passage_model_name_or_path:
+                check_same_tokenizer(args.query_model_name_or_path, args.passage_model_name_or_path)
+            encoder: PretrainedEncoder = TwoTowerEncoder(args, towers["query"], towers["passage"])
+        else:
+            args = with_saved_defaults(args)
+            encoder = PretrainedEncoder.find(args.encoder_class)(args, **kwargs)
         if args.use_peft:
-            _add_lora(encoder, args)
+            for tower in _towers(encoder):
+                _add_lora(tower, args)
         return cls(encoder, args, loss_fn=loss_fn)
 
     @classmethod
@@ -72,14 +88,15 @@ class BiEncoderRetriever(torch.nn.Module):
         """Reload a checkpoint saved by :meth:`save_pretrained`; ``overrides`` replace ModelArguments fields.
 
         A folder without ``densekit_config.json`` (a plain Hugging Face or sentence-transformers
-        checkpoint) loads with the default encoder and the checkpoint's own defaults.
+        checkpoint) loads with the default encoder and the checkpoint's own defaults; a folder with
+        ``query_model/`` and ``passage_model/`` (densekit's, Tevatron's or OpenMatch's untied layout) loads
+        as two towers.
         """
-        saved = read_densekit_config(directory) or {}
-        known = {f.name for f in fields(ModelArguments)}
-        values = {key: value for key, value in saved.items() if key in known}
-        values.update(overrides)
-        values["model_name_or_path"] = str(directory)
-        return cls.from_model_args(ModelArguments(**values))
+        return cls.from_model_args(ModelArguments(**{**overrides, "model_name_or_path": str(directory)}))
+
+    def tower(self, kind: str) -> PretrainedEncoder:
+        """The encoder that embeds ``kind``: the shared encoder, or the query / passage tower when untied."""
+        return self.encoder.tower(kind)
 
     # ---------------------------------------------------------------------------- used by data pipeline
     def format_query(self, text: str, dataset: Optional[str] = None) -> str:
@@ -219,11 +236,12 @@ class BiEncoderRetriever(torch.nn.Module):
         return torch.einsum("qd,qgd->qg", query_embs, groups)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        """Forwarded to the wrapped Hugging Face model (``--gradient_checkpointing`` of the Trainer)."""
-        model = getattr(self.encoder, "model", None)
-        if model is None or not hasattr(model, "gradient_checkpointing_enable"):
-            raise ConfigError(f"{type(self.encoder).__name__} does not support gradient checkpointing.")
-        model.gradient_checkpointing_enable(**kwargs)
+        """Forwarded to the wrapped Hugging Face model(s) (``--gradient_checkpointing`` of the Trainer)."""
+        for tower in _towers(self.encoder):
+            model = getattr(tower, "model", None)
+            if model is None or not hasattr(model, "gradient_checkpointing_enable"):
+                raise ConfigError(f"{type(tower).__name__} does not support gradient checkpointing.")
+            model.gradient_checkpointing_enable(**kwargs)
 
     # --------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None, **kwargs: Any) -> None:
@@ -236,45 +254,18 @@ class BiEncoderRetriever(torch.nn.Module):
         Why not ``load_state_dict(load_file(...))``, what ``transformers.Trainer`` does to resume: the
         folder holds the Hugging Face model's names (``embeddings.LayerNorm.bias``), this module's state
         dict has ``encoder.model.embeddings.LayerNorm.bias``, and a non-strict load of names that do not
-        match keeps the current weights without a word. So the check is strict: every weight of the
-        model must be in the folder with its shape (except weights tied to another one, which Hugging
-        Face does not write), and the folder must hold nothing else; otherwise a ConfigError, and
-        nothing is loaded. LoRA models load their adapters (what ``save_pretrained`` writes for them).
-        Used by ``RetrievalTrainer`` to resume training and to reload the best checkpoint.
+        match keeps the current weights without a word. Each encoder loads its own files strictly
+        (:meth:`PretrainedEncoder.load_weights`): every weight present with its shape, nothing else,
+        otherwise a ConfigError and nothing is loaded. Used by ``RetrievalTrainer`` to resume training and
+        to reload the best checkpoint.
         """
         directory = Path(directory)
-        model = getattr(self.encoder, "model", None)
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"{type(self.encoder).__name__} has no Hugging Face .model; densekit cannot load "
-                              f"checkpoint weights into it from {directory}.")
-        outside = [key for key in self.state_dict() if not key.startswith("encoder.model.")]
-        if outside:  # save_pretrained writes encoder.model only: these would silently stay as they are
-            raise ConfigError(f"the retriever has weights outside its encoder's .model ({', '.join(outside[:5])}), "
+        owned = {f"encoder.{name}" for name in self.encoder.state_dict()}
+        outside = [key for key in self.state_dict() if key not in owned]
+        if outside:  # save_pretrained writes the encoder only: these would silently stay as they are
+            raise ConfigError(f"the retriever has weights outside its encoder ({', '.join(outside[:5])}), "
                               f"which checkpoints do not hold; cannot load {directory} into it.")
-        adapters = hasattr(model, "peft_config")
-        if adapters:
-            from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-            current = get_peft_model_state_dict(model)
-        else:
-            current = model.state_dict()
-        saved = _read_safetensors(directory, "adapter_model.safetensors" if adapters else "model.safetensors")
-        tied = set(getattr(model, "all_tied_weights_keys", None) or ()) | \
-            set(getattr(model, "_keys_to_ignore_on_save", None) or ())
-        missing = sorted(set(current) - set(saved) - tied)
-        unexpected = sorted(set(saved) - set(current))
-        shapes = sorted(key for key in set(saved) & set(current) if saved[key].shape != current[key].shape)
-        if missing or unexpected or shapes:
-            raise ConfigError(_mismatch_message(directory, missing, unexpected,
-                                                [f"{k} {tuple(saved[k].shape)} vs {tuple(current[k].shape)}"
-                                                 for k in shapes]))
-        with torch.no_grad():
-            if adapters:
-                set_peft_model_state_dict(model, saved)
-            else:
-                model.load_state_dict(saved, strict=False)  # strict by the check above; tied weights follow
-                if set(current) - set(saved) and hasattr(model, "tie_weights"):
-                    model.tie_weights()
+        self.encoder.load_weights(directory)
 
     def save_sentence_transformers_config(self, directory: str | Path) -> bool:
         """Add the sentence-transformers files to a folder written by :meth:`save_pretrained`.
@@ -325,6 +316,29 @@ class BiEncoderRetriever(torch.nn.Module):
         return True
 
 
+# ------------------------------------------------------------------------------------------- loading
+def _towers(encoder: PretrainedEncoder) -> list[PretrainedEncoder]:
+    """The distinct encoders inside ``encoder``: itself, or its query and passage towers."""
+    towers = [encoder.tower("query"), encoder.tower("passage")]
+    return towers[:1] if towers[0] is towers[1] else towers
+
+
+def with_saved_defaults(args: ModelArguments) -> ModelArguments:
+    """``args`` with the fields left at their defaults taken from the checkpoint's ``densekit_config.json``.
+
+    Why: ``densekit evaluate --model_name_or_path TRAINED`` must encode as training did (query prefix,
+    passage template, pooling, projection head) without the user repeating every option; an option given
+    explicitly still wins (one given with its default value cannot be told apart and yields to the file).
+    """
+    saved = read_densekit_config(args.model_name_or_path) if args.model_name_or_path else None
+    if not saved or saved.get("encoder_class") == TwoTowerEncoder.__name__:
+        return args
+    defaults = {f.name: f.default for f in fields(ModelArguments)}
+    updates = {key: value for key, value in saved.items()
+               if key in defaults and key != "model_name_or_path" and getattr(args, key) == defaults[key]}
+    return dataclasses.replace(args, **updates) if updates else args
+
+
 # ----------------------------------------------------------------------------------- false negatives
 def _flat(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``[Q, G]`` per-passage values as ``[Q*G]``, in the flattened passages' order."""
@@ -339,37 +353,6 @@ def _label_or_first(label: Optional[torch.Tensor], shape: Any, device: torch.dev
     made = torch.zeros(n_queries, max(n_passages // max(n_queries, 1), 1), device=device)
     made[:, 0] = 1
     return made
-
-
-# ----------------------------------------------------------------------------------- checkpoint weights
-def _read_safetensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
-    """Every tensor of ``directory/name``, or of the shards its ``name.index.json`` lists, on the CPU."""
-    import json
-
-    from safetensors.torch import load_file
-
-    if (directory / name).is_file():
-        return load_file(directory / name, device="cpu")
-    index = directory / f"{name}.index.json"
-    if not index.is_file():
-        raise ConfigError(f"{directory} has no {name} (nor {index.name}): not a complete densekit checkpoint. "
-                          "Give a checkpoint folder written by densekit train (e.g. output_dir/checkpoint-20).")
-    shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        state.update(load_file(directory / shard, device="cpu"))
-    return state
-
-
-def _mismatch_message(directory: Path, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
-    def some(names: list[str]) -> str:
-        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-    parts = [f"{what}: {some(names)}" for what, names in (("missing", missing), ("unexpected", unexpected),
-                                                           ("other shape", shapes)) if names]
-    return (f"the weights in {directory} do not match the model ({'; '.join(parts)}); nothing was loaded. "
-            "Resume from a checkpoint of the same model (same --model_name_or_path, LoRA settings and "
-            "encoder_class).")
 
 
 # --------------------------------------------------------------------------- LoRA and quantization

@@ -96,6 +96,21 @@ class PretrainedEncoder(torch.nn.Module):
         """Embed tokenized passages (a dict/BatchEncoding with input_ids and attention_mask)."""
         return self.encode(**inputs)
 
+    def tower(self, kind: str) -> "PretrainedEncoder":
+        """The encoder that embeds ``kind`` ("query" or "passage"): itself, for an encoder shared by both.
+
+        Two-tower encoders return one of their towers; the encoding spec and the embedding cache key each
+        kind by its own tower's settings and weights.
+        """
+        return self
+
+    def load_weights(self, directory: Path) -> None:
+        """Put the weights of a folder written by :meth:`save_pretrained` back into this encoder, in place,
+        refusing (ConfigError, nothing loaded) a folder whose weights do not match; subclasses implement
+        this."""
+        raise ConfigError(f"{type(self).__name__} cannot load checkpoint weights in place (no load_weights()); "
+                          f"cannot resume from {directory}.")
+
     def format_query(self, text: str, dataset: Optional[str] = None) -> str:
         """The text the tokenizer sees for a raw query: ``query_prefix + text``."""
         return self.args.query_prefix + text

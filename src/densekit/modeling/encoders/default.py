@@ -187,3 +187,69 @@ class DefaultEncoder(PretrainedEncoder):
 
     def _save_model(self, directory: Path, **kwargs: Any) -> None:
         self.model.save_pretrained(str(directory), **kwargs)
+
+    def load_weights(self, directory: Path) -> None:
+        """Strictly load the Hugging Face weights of ``directory`` into ``self.model``.
+
+        Every weight of the model must be in the folder with its shape (except weights tied to another
+        one, which Hugging Face does not write), and the folder must hold nothing else; otherwise a
+        ConfigError, and nothing is loaded. LoRA models load their adapters (what ``save_pretrained``
+        writes for them).
+        """
+        directory = Path(directory)
+        model = self.model
+        adapters = hasattr(model, "peft_config")
+        if adapters:
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+            current = get_peft_model_state_dict(model)
+        else:
+            current = model.state_dict()
+        saved = read_safetensors(directory, "adapter_model.safetensors" if adapters else "model.safetensors")
+        tied = set(getattr(model, "all_tied_weights_keys", None) or ()) | \
+            set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+        check_same_weights(directory, current, saved, ignore=tied)
+        with torch.no_grad():
+            if adapters:
+                set_peft_model_state_dict(model, saved)
+            else:
+                model.load_state_dict(saved, strict=False)  # strict by the check above; tied weights follow
+                if set(current) - set(saved) and hasattr(model, "tie_weights"):
+                    model.tie_weights()
+
+
+def read_safetensors(directory: Path, name: str) -> dict[str, torch.Tensor]:
+    """Every tensor of ``directory/name``, or of the shards its ``name.index.json`` lists, on the CPU."""
+    from safetensors.torch import load_file
+
+    if (directory / name).is_file():
+        return load_file(directory / name, device="cpu")
+    index = directory / f"{name}.index.json"
+    if not index.is_file():
+        raise ConfigError(f"{directory} has no {name} (nor {index.name}): not a complete densekit checkpoint. "
+                          "Give a checkpoint folder written by densekit train (e.g. output_dir/checkpoint-20).")
+    shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(directory / shard, device="cpu"))
+    return state
+
+
+def check_same_weights(directory: Path, current: dict[str, torch.Tensor], saved: dict[str, torch.Tensor],
+                       ignore: set[str] = frozenset()) -> None:
+    """ConfigError naming what differs unless ``saved`` has exactly ``current``'s names and shapes."""
+    missing = sorted(set(current) - set(saved) - set(ignore))
+    unexpected = sorted(set(saved) - set(current))
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(current[k].shape)}"
+              for k in sorted(set(saved) & set(current)) if saved[k].shape != current[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = [f"{what}: {some(names)}" for what, names in (("missing", missing), ("unexpected", unexpected),
+                                                           ("other shape", shapes)) if names]
+    raise ConfigError(f"the weights in {directory} do not match the model ({'; '.join(parts)}); nothing was "
+                      "loaded. Resume from a checkpoint of the same model (same --model_name_or_path, LoRA "
+                      "settings, encoder_class and projection_dim).")
