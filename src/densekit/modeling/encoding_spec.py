@@ -71,11 +71,12 @@ def resolve_max_len(kind: str, explicit: Optional[int], model: Any, tokenizer: A
     return explicit or model_limit or tokenizer_limit(tokenizer)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: Any, with_class: bool = True) -> str:
     """Hash of everything in a tokenizer that changes token ids: its definition (vocabulary, normalizer,
     pre-tokenizer, special tokens), its init options (a slow tokenizer's ``do_lower_case`` lives there) and
     its truncation side. Per-call state (the last call's truncation/padding) and file locations are left
-    out, so the same tokenizer loaded twice, or from another folder, has the same fingerprint."""
+    out, so the same tokenizer loaded twice, or from another folder, has the same fingerprint. Without
+    ``with_class``, two classes that tokenize alike (DPR's question and context tokenizers) compare equal."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         state = json.loads(backend.to_str())
@@ -87,7 +88,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         definition = sorted(vocab.items())
     init = {key: value for key, value in (getattr(tokenizer, "init_kwargs", None) or {}).items()
             if key not in _TOKENIZER_PATH_FIELDS}
-    extra = {"class": type(tokenizer).__name__, "init": init,
+    extra = {"class": type(tokenizer).__name__ if with_class else None, "init": init,
              "truncation_side": getattr(tokenizer, "truncation_side", "right"),
              "special": getattr(tokenizer, "all_special_tokens", [])}
     text = json.dumps([definition, extra], sort_keys=True, default=str)

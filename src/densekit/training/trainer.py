@@ -308,8 +308,9 @@ class RetrievalTrainer(Trainer):
             kwargs["state_dict"] = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         retriever.save_pretrained(output_dir, tokenizer=tokenizer, **kwargs)
         if not retriever.save_sentence_transformers_config(output_dir):
-            logger.info("%s: no sentence-transformers files written (pooling %r or LoRA adapters); load it with "
-                        "BiEncoderRetriever.from_pretrained.", output_dir, getattr(retriever.encoder, "pooling", None))
+            logger.info("%s: no sentence-transformers files written (pooling %r, LoRA adapters or untied towers); "
+                        "load it with BiEncoderRetriever.from_pretrained.", output_dir,
+                        getattr(retriever.encoder, "pooling", None))
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     # --------------------------------------------------------------------------------------- resuming

@@ -131,7 +131,7 @@ def check_same_tokenizer(query_path: str, passage_path: str) -> None:
     for kind, path in (("query", query_path), ("passage", passage_path)):
         if not has_tokenizer_files(path):
             return
-        prints[kind] = tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(path)))
+        prints[kind] = tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(path)), with_class=False)
     if prints["query"] != prints["passage"]:
         raise ConfigError(f"the query tower ({query_path}) and the passage tower ({passage_path}) have different "
                           "tokenizers; densekit tokenizes queries and passages with one tokenizer, so both "
