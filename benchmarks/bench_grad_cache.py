@@ -9,6 +9,10 @@ Three measurements (passages padded to ``--passage-len`` tokens, queries to 32):
 3. time per (query, passage) pair of a cached step, densekit vs sentence-transformers'
    ``CachedMultipleNegativesRankingLoss`` at the same batch and mini-batch (chunk) size.
 
+With ``--untied`` both sides train separate query and passage towers started from the same checkpoint:
+densekit's ``untie_encoder`` vs a sentence-transformers ``Router`` (query and document routes, each its own
+Transformer + Pooling + Normalize), both with the same cached loss settings.
+
 Full size (the lead's run): ``python benchmarks/bench_grad_cache.py``. On a shared machine use a small
 size, e.g. ``--memory-batches 32 16 --chunk 16 --time-batch 16 --pair-batch 16 --passage-len 64``.
 Prints Markdown table lines.
@@ -66,13 +70,14 @@ def densekit_step(model, queries, passages, chunk: int | None, cached: bool) -> 
     return time.perf_counter() - start
 
 
-def load_densekit():
+def load_densekit(untied: bool = False):
     from densekit.modeling.model_args import ModelArguments
     from densekit.modeling.retriever import BiEncoderRetriever
 
     from densekit.modeling.seeded_dropout import make_seedable
 
-    model = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=model_path(), temperature=0.05))
+    model = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=model_path(), temperature=0.05,
+                                                              untie_encoder=untied))
     assert make_seedable(model), "MiniLM's dropout should be seedable"  # what RetrievalTrainer does with grad_cache
     return model.train()
 
@@ -96,10 +101,26 @@ def run_child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def st_cached_step(st_model, loss_fn, q_feats, p_feats) -> float:
+def load_st(untied: bool):
+    """The bundled MiniLM in sentence-transformers; untied: a Router with a query and a document route."""
+    from sentence_transformers import SentenceTransformer
+
+    if not untied:
+        return SentenceTransformer(model_path(), device="cpu")
+    from sentence_transformers.base.modules.router import Router
+
+    routes = [list(SentenceTransformer(model_path(), device="cpu")) for _ in range(2)]
+    return SentenceTransformer(modules=[Router.for_query_document(query_modules=routes[0],
+                                                                  document_modules=routes[1])], device="cpu")
+
+
+def st_cached_step(st_model, loss_fn, q_feats, p_feats, untied: bool = False) -> float:
     st_model.zero_grad(set_to_none=True)
+    q_feats, p_feats = dict(q_feats), dict(p_feats)
+    if untied:  # the Router reads the route from the features
+        q_feats["task"], p_feats["task"] = "query", "document"
     start = time.perf_counter()
-    loss = loss_fn([dict(q_feats), dict(p_feats)], None)
+    loss = loss_fn([q_feats, p_feats], None)
     loss.backward()
     return time.perf_counter() - start
 
@@ -117,6 +138,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["memory", "step", "pairs"], default=["memory", "step", "pairs"],
                         help="which of the three measurements to run")
     parser.add_argument("--memory-steps", type=int, default=3, help="cached steps per memory measurement")
+    parser.add_argument("--untied", action="store_true", help="separate query and passage towers on both sides")
     parser.add_argument("--child", nargs=5, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,7 +166,7 @@ def main() -> None:
         fn()  # warm-up
         return min(fn() for _ in range(args.repeats))
 
-    model = load_densekit()
+    model = load_densekit(args.untied)
     if "step" in args.parts:
         queries, passages = batch(tokenizer, args.time_batch, 2, args.passage_len)
         cached = best(lambda: densekit_step(model, queries, passages, args.chunk, cached=True))
@@ -154,15 +176,14 @@ def main() -> None:
     if "pairs" not in args.parts:
         return
 
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     queries, passages = batch(tokenizer, args.pair_batch, 1, args.passage_len)
-    st_model = SentenceTransformer(model_path(), device="cpu")
+    st_model = load_st(args.untied)
     st_model.train()
     st_loss = CachedMultipleNegativesRankingLoss(st_model, mini_batch_size=args.chunk)
     runs = {"ours": lambda: densekit_step(model, queries, passages, args.chunk, cached=True),
-            "theirs": lambda: st_cached_step(st_model, st_loss, queries, passages)}
+            "theirs": lambda: st_cached_step(st_model, st_loss, queries, passages, args.untied)}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, fn in runs.items():
         fn()  # warm-up
@@ -173,8 +194,10 @@ def main() -> None:
     print(f"all runs (s): densekit {' '.join(f'{t:.2f}' for t in times['ours'])}; "
           f"sentence-transformers {' '.join(f'{t:.2f}' for t in times['theirs'])}")
     pairs = args.pair_batch
-    print(f"| time per pair, cached step | batch {pairs}, chunk {args.chunk} | {ours / pairs * 1000:.1f} ms | "
-          f"{theirs / pairs * 1000:.1f} ms (sentence-transformers CMNRL) | {ours / theirs:.2f}x |")
+    towers = "untied towers, " if args.untied else ""
+    peer = "sentence-transformers CMNRL" + (" on a Router" if args.untied else "")
+    print(f"| time per pair, cached step | {towers}batch {pairs}, chunk {args.chunk} | {ours / pairs * 1000:.1f} ms | "
+          f"{theirs / pairs * 1000:.1f} ms ({peer}) | {ours / theirs:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Every stage goes through the ``densekit`` command line, so this is also an end-t
 evaluate -> mine -> train -> evaluate. Settings were chosen on dev (the only split here).
 
 Usage: python benchmarks/train_scifact.py [--data ../shared/data/scifact] [--work runs/train_scifact]
-       [--random_epochs 0] [--hn_epochs 3] [--batch 32] [--lr 5e-5] [--passage_max_len 128]
+       [--random_epochs 0] [--hn_epochs 3] [--batch 32] [--lr 5e-5] [--passage_max_len 128] [--untie_encoder]
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--passage_max_len", type=int, default=128, help="training passages; evaluation and mining use 256")
+    parser.add_argument("--untie_encoder", action="store_true",
+                        help="train separate query and passage towers (both from the base model)")
     args = parser.parse_args()
     work, base = Path(args.work), str(get_model_path())
     cache = work / "embedding_cache"
@@ -74,7 +76,8 @@ def main() -> None:
     tuned = work / "mined_negatives"
     densekit("train", "--model_name_or_path", miner, "--dataset", args.data, "--split", "train",
              "--negative_qrel_path", str(work / "mined" / "mined_qrels.tsv"), "--output_dir", str(tuned),
-             "--num_train_epochs", str(args.hn_epochs), *common)
+             "--num_train_epochs", str(args.hn_epochs), *common,
+             *(["--untie_encoder", "true"] if args.untie_encoder else []))
     results["mined_negatives"] = evaluate(str(tuned), args.data, work / "eval_mined_negatives", cache)
     minutes = (time.perf_counter() - began) / 60
     print("| model | dev nDCG@10 | dev Recall@100 |")
