@@ -31,10 +31,16 @@ import numba
 import numpy as np
 import torch
 
-# SUPPORTED_MODEL_TYPES: architectures whose dropout sites all have the batch in dim 0 and whose attention
-# dropout goes through transformers' attention interface (``dropout=`` argument), so routing it to
-# ``_seeded_attention`` seeds it; the same BERT family as the chunked parallel forward supports.
-from densekit.modeling.fast_inference import SUPPORTED_MODEL_TYPES
+from densekit.modeling.fast_inference import SUPPORTED_MODEL_TYPES as _FAST_MODEL_TYPES
+
+#: T5-family encoders (T5, mT5, umT5; OpenMatch's t5-base-scaled, GTR, Sentence-T5): in transformers 5 their
+#: attention also goes through the attention interface, with ``dropout=`` and the relative position bias as
+#: a ``position_bias=`` float mask, which ``_seeded_attention`` adds to the scores as SDPA would.
+T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5"})
+#: SUPPORTED_MODEL_TYPES: architectures whose dropout sites all have the batch in dim 0 and whose attention
+#: dropout goes through transformers' attention interface (``dropout=`` argument), so routing it to
+#: ``_seeded_attention`` seeds it: the BERT family the chunked parallel forward supports, and the T5 family.
+SUPPORTED_MODEL_TYPES = _FAST_MODEL_TYPES | T5_MODEL_TYPES
 
 ATTENTION_NAME = "densekit_seeded_sdpa"
 
@@ -177,12 +183,25 @@ def _seeded_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention, except that attention-probability dropout inside a ``seeded`` block
-    is seeded: then the softmax is computed explicitly (what SDPA's CPU math path does with dropout)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    is seeded: then the softmax is computed explicitly (what SDPA's CPU math path does with dropout).
+
+    A ``position_bias`` (T5's relative positions, shape [1 or B, heads, q, k]) is folded into the mask
+    exactly as transformers' SDPA attention folds it (bias where attended, the dtype's minimum elsewhere).
+    """
+    from transformers.integrations.sdpa_attention import create_position_bias_mask, sdpa_attention_forward
 
     if dropout == 0.0 or getattr(_state, "active", None) is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    is_causal = kwargs.get("is_causal")
+    is_causal = bool(getattr(module, "is_causal", False) if is_causal is None else is_causal)
+    if is_causal and attention_mask is None and kwargs.get("position_bias") is None and query.size(2) > 1:
+        raise ValueError("seeded attention dropout does not implement causal attention without a mask; "
+                         "densekit seeds encoder (bidirectional) attention only")
+    if kwargs.get("position_bias") is not None:
+        attention_mask = create_position_bias_mask(kwargs["position_bias"], attention_mask,
+                                                   is_causal and attention_mask is None and query.size(2) > 1,
+                                                   query, key)
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.size(-1) ** -0.5)
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool \
@@ -201,6 +220,9 @@ def _register_attention() -> None:
 
 
 def _attention_dropout(config: Any) -> float:
+    """The attention-probability dropout of ``config``: BERT's own field, T5's shared ``dropout_rate``."""
+    if getattr(config, "model_type", None) in T5_MODEL_TYPES:
+        return float(getattr(config, "dropout_rate", 0.0) or 0.0)
     return float(getattr(config, "attention_probs_dropout_prob", 0.0) or 0.0)
 
 
@@ -249,7 +271,7 @@ def make_seedable(model: torch.nn.Module) -> bool:
     """Prepare ``model`` so that ``seeded`` blocks control all of its dropout; returns :func:`is_seedable`.
 
     Every ``nn.Dropout`` becomes a :class:`SeededDropout` (same ``p``, no parameters, identical outside
-    a block) and BERT-family models with attention dropout route their SDPA attention through
+    a block) and BERT- and T5-family models with attention dropout route their SDPA attention through
     ``_seeded_attention`` (same outputs outside a block). Other architectures, and attention
     implementations other than ``sdpa`` (``eager`` chosen for ``output_attentions``, flash kernels), keep
     their attention and report ``False`` when it has dropout; the gradient cache then replays torch's

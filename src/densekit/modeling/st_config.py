@@ -3,6 +3,8 @@
 A sentence-transformers folder says how it wants to be used in three small files: ``modules.json`` (the
 module chain, where a ``Normalize`` module means unit-length embeddings), the pooling module's
 ``config.json`` (cls / mean / last token ...) and ``sentence_bert_config.json`` (``max_seq_length``).
+Sentence-T5 and GTR add a ``Dense`` module after the pooling (a linear map of the pooled vector, identity
+activation): it is read here as the encoder's projection head.
 Loading such a model with plain transformers and forgetting them silently changes its embeddings; reading
 them here lets densekit reproduce ``SentenceTransformer.encode`` with no flags.
 """
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from densekit.errors import InputError
+from densekit.errors import ConfigError, InputError
 from densekit.files import read_json
 
 _FIX = "restore the file from the original checkpoint"
@@ -29,6 +31,20 @@ _LEGACY_KEYS = {
 }
 
 
+#: Dense activations densekit reproduces: none (the linear map alone), as Sentence-T5 and GTR use.
+_IDENTITY_ACTIVATIONS = {"torch.nn.modules.linear.Identity", "torch.nn.Identity", "Identity"}
+
+
+@dataclass(frozen=True)
+class DenseModule:
+    """A sentence-transformers ``Dense`` module after the pooling: folder, sizes and whether it has a bias."""
+
+    folder: Path
+    in_features: int
+    out_features: int
+    bias: bool
+
+
 @dataclass(frozen=True)
 class SentenceTransformerDefaults:
     """What a checkpoint folder declares; ``None`` where it declares nothing.
@@ -42,6 +58,7 @@ class SentenceTransformerDefaults:
     normalize: Optional[bool] = None
     max_seq_length: Optional[int] = None
     is_sentence_transformers: bool = False
+    dense: Optional[DenseModule] = None
 
 
 def _pooling_name(config: dict) -> str:
@@ -72,6 +89,7 @@ def read_st_defaults(model_dir: str | Path | None) -> SentenceTransformerDefault
                          fix=_FIX)
     pooling: Optional[str] = None
     normalize = False
+    dense: Optional[DenseModule] = None
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
@@ -79,10 +97,39 @@ def read_st_defaults(model_dir: str | Path | None) -> SentenceTransformerDefault
             pooling = _pooling_name(read_json(config_file, fix=_FIX)) if config_file.is_file() else "mean"
         elif kind == "Normalize":
             normalize = True
+        elif kind == "Dense":
+            dense = _read_dense(root, module, after_pooling=pooling is not None, first=dense is None)
     max_seq_length = None
     st_file = root / "sentence_bert_config.json"
     if st_file.is_file():
         value = read_json(st_file, fix=_FIX).get("max_seq_length")
         max_seq_length = int(value) if value is not None else None
     return SentenceTransformerDefaults(pooling=pooling, normalize=normalize, max_seq_length=max_seq_length,
-                                       is_sentence_transformers=True)
+                                       is_sentence_transformers=True, dense=dense)
+
+
+def _read_dense(root: Path, module: dict, *, after_pooling: bool, first: bool) -> DenseModule:
+    """The Dense module of ``modules.json``, refused (ConfigError) where densekit's projection head (one
+    linear map between pooling and normalization) would compute something else."""
+    folder = root / module.get("path", "")
+    config = read_json(folder / "config.json", fix=_FIX)
+    what = f"{root}: the sentence-transformers Dense module {module.get('path', '')!r}"
+    if not first:
+        raise ConfigError(f"{what} is the second Dense module; densekit's projection head is one linear map. "
+                          "Load the model with sentence-transformers instead.")
+    if not after_pooling:
+        raise ConfigError(f"{what} comes before the Pooling module (a per-token map); densekit applies its "
+                          "projection head to the pooled vector only.")
+    activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+    if activation not in _IDENTITY_ACTIVATIONS:
+        raise ConfigError(f"{what} has activation {activation!r}; densekit's projection head is linear "
+                          "(identity activation, as in Sentence-T5 and GTR). Load the model with sentence-transformers.")
+    if config.get("use_residual") or config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+        raise ConfigError(f"{what} uses a residual connection or another input than the sentence embedding; "
+                          "densekit's projection head cannot express it.")
+    try:
+        return DenseModule(folder=folder, in_features=int(config["in_features"]),
+                           out_features=int(config["out_features"]), bias=bool(config.get("bias", True)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"Dense config lacks a valid in_features/out_features ({err})",
+                         path=folder / "config.json", fix=_FIX) from err

@@ -1,9 +1,12 @@
-"""DefaultEncoder ("default"): any Hugging Face ``AutoModel`` checkpoint plus a pooling and a normalization.
+"""DefaultEncoder ("default"): any Hugging Face encoder checkpoint plus a pooling, an optional linear
+projection head and an optional normalization.
 
-Covers BERT-style encoders (Contriever, E5, BGE, MiniLM: cls or mean pooling) and decoder LLM
-embedders (last-token pooling with an appended eos). Settings left unset in ``ModelArguments`` come from
-the checkpoint's sentence-transformers files, so a sentence-transformers model gives the same vectors as
-``SentenceTransformer.encode`` without any flag.
+Covers BERT-style encoders (Contriever, E5, BGE, MiniLM: cls or mean pooling), decoder LLM embedders
+(last-token pooling with an appended eos), the encoder of encoder-decoder checkpoints (T5, GTR, Sentence-T5)
+and Hugging Face DPR question/context encoders (:mod:`densekit.modeling.backbone` picks the class).
+Settings left unset in ``ModelArguments`` come from the checkpoint's sentence-transformers files (pooling,
+Normalize, a Dense module as the projection head), so a sentence-transformers model gives the same vectors
+as ``SentenceTransformer.encode`` without any flag.
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from densekit.errors import ConfigError
-from densekit.modeling.encoders.base import PretrainedEncoder
+from densekit.modeling.backbone import load_backbone
+from densekit.modeling.encoders.base import PretrainedEncoder, read_densekit_config
 from densekit.modeling.encoding_spec import NO_LIMIT
 from densekit.modeling.fast_inference import accelerate_for_inference
 from densekit.modeling.model_args import POOLING_CHOICES, ModelArguments
+from densekit.modeling.projection import (PROJECTION_FILE, FoundHead, read_projection_file, read_st_dense,
+                                          resolve_head, save_projection)
 from densekit.modeling.st_config import read_st_defaults
 
 
@@ -111,10 +117,13 @@ def check_model_folder(path: str | Path) -> None:
 class DefaultEncoder(PretrainedEncoder):
     """Wrap ``transformers.AutoModel`` with cls / mean / last_token pooling and optional L2 normalization.
 
-    Resolution of unset arguments: ``pooling`` -> sentence-transformers Pooling config -> ``"mean"``;
-    ``normalize`` -> a sentence-transformers Normalize module -> ``False``; ``max_length`` ->
-    ``max_seq_length`` of ``sentence_bert_config.json`` -> the model's position limit. Extra keyword
-    arguments go to ``AutoModel.from_pretrained`` (e.g. ``attn_implementation="eager"``).
+    Resolution of unset arguments: ``pooling`` -> what the architecture fixes (DPR: cls) -> sentence-transformers
+    Pooling config -> ``"mean"``; ``normalize`` -> the architecture (DPR: no) -> a sentence-transformers
+    Normalize module -> ``False``; ``max_length`` -> ``max_seq_length`` of ``sentence_bert_config.json`` -> the
+    model's position limit; ``projection_dim`` -> the folder's head (densekit's ``projection.safetensors``,
+    DPR's ``encode_proj``, a sentence-transformers Dense module) -> none. A ``projection_dim`` for a folder
+    without a head adds a new, trained one. Extra keyword arguments go to ``from_pretrained`` (e.g.
+    ``attn_implementation="eager"``).
     """
 
     _alias = "default"
@@ -126,29 +135,26 @@ class DefaultEncoder(PretrainedEncoder):
             raise ConfigError("model_name_or_path is required to load an encoder; pass a checkpoint directory.")
         check_model_folder(path)
         defaults = read_st_defaults(path)
-        pooling = args.pooling or defaults.pooling or "mean"
+        load_kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
+        if args.torch_dtype is not None:
+            dtype = "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+            load_kwargs[_DTYPE_KWARG] = dtype
+        load_kwargs.update(kwargs)
+        backbone = load_backbone(str(path), load_kwargs)
+        self.model = backbone.model
+        pooling = args.pooling or backbone.pooling or defaults.pooling or "mean"
         if pooling not in POOLING_CHOICES:
             raise ConfigError(
                 f"{path} declares sentence-transformers pooling {pooling!r}, which densekit does not implement; "
                 f"pass pooling= one of {', '.join(POOLING_CHOICES)} explicitly."
             )
         self.pooling: str = pooling
-        self.normalize: bool = args.normalize if args.normalize is not None else bool(defaults.normalize)
-
-        load_kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code}
-        if args.torch_dtype is not None:
-            dtype = "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
-            load_kwargs[_DTYPE_KWARG] = dtype
-        load_kwargs.update(kwargs)
-        try:
-            from transformers import AutoModel
-
-            self.model = AutoModel.from_pretrained(path, **load_kwargs)
-        except (OSError, ValueError) as err:  # missing files; unknown model_type, bad config values
-            raise ConfigError(
-                f"cannot load a model from {path!r}: {err}. densekit does not download models at run time; "
-                "pass a local checkpoint directory (Hugging Face or sentence-transformers layout)."
-            ) from err
+        if args.normalize is not None:
+            self.normalize: bool = args.normalize
+        else:
+            self.normalize = backbone.normalize if backbone.normalize is not None else bool(defaults.normalize)
+        self.projection: Optional[torch.nn.Linear] = _projection_head(str(path), args, backbone.head, defaults,
+                                                                      self.model)
         self.fast_inference: bool = getattr(args, "fast_inference", True)
         self.max_length: Optional[int] = (
             args.max_length or defaults.max_seq_length or _model_length_limit(str(path), self.model.config)
@@ -175,26 +181,33 @@ class DefaultEncoder(PretrainedEncoder):
         return self._pool_and_normalize(outputs.last_hidden_state, attention_mask)
 
     def _pool_and_normalize(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pool the token states, apply the projection head if any, then normalize if asked."""
         embeddings = pool(hidden, attention_mask, self.pooling)
+        if self.projection is not None:
+            embeddings = self.projection(embeddings.to(self.projection.weight.dtype))
         if self.normalize:
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         return embeddings
 
     def densekit_config(self) -> dict[str, Any]:
         config = super().densekit_config()
-        config.update(pooling=self.pooling, normalize=self.normalize, max_length=self.max_length)
+        config.update(pooling=self.pooling, normalize=self.normalize, max_length=self.max_length,
+                      projection_dim=self.projection.out_features if self.projection is not None else None)
         return config
 
     def _save_model(self, directory: Path, **kwargs: Any) -> None:
+        """The Hugging Face weights, and the projection head beside them (``projection.safetensors``)."""
         self.model.save_pretrained(str(directory), **kwargs)
+        save_projection(self.projection, directory)
 
     def load_weights(self, directory: Path) -> None:
         """Strictly load the Hugging Face weights of ``directory`` into ``self.model``.
 
         Every weight of the model must be in the folder with its shape (except weights tied to another
-        one, which Hugging Face does not write), and the folder must hold nothing else; otherwise a
-        ConfigError, and nothing is loaded. LoRA models load their adapters (what ``save_pretrained``
-        writes for them).
+        one, which Hugging Face does not write), and the folder must hold nothing else; the same for the
+        projection head (``projection.safetensors``: present exactly when this encoder has a head, same
+        shapes); otherwise a ConfigError, and nothing is loaded. LoRA models load their adapters (what
+        ``save_pretrained`` writes for them).
         """
         directory = Path(directory)
         model = self.model
@@ -209,13 +222,45 @@ class DefaultEncoder(PretrainedEncoder):
         tied = set(getattr(model, "all_tied_weights_keys", None) or ()) | \
             set(getattr(model, "_keys_to_ignore_on_save", None) or ())
         check_same_weights(directory, current, saved, ignore=tied)
+        head_saved = read_projection_file(directory)
+        head_current = {} if self.projection is None else self.projection.state_dict()
+        check_same_weights(directory, {f"projection.{k}": v for k, v in head_current.items()},
+                           {f"projection.{k}": v for k, v in (head_saved.state if head_saved else {}).items()})
         with torch.no_grad():
+            if self.projection is not None:
+                self.projection.load_state_dict(head_saved.state, strict=True)
             if adapters:
                 set_peft_model_state_dict(model, saved)
             else:
                 model.load_state_dict(saved, strict=False)  # strict by the check above; tied weights follow
                 if set(current) - set(saved) and hasattr(model, "tie_weights"):
                     model.tie_weights()
+
+
+def _projection_head(path: str, args: ModelArguments, architecture_head: Optional[FoundHead], defaults: Any,
+                     model: torch.nn.Module) -> Optional[torch.nn.Linear]:
+    """The encoder's projection head: the folder's (densekit's file, else the architecture's, e.g. DPR's
+    ``encode_proj``, else a sentence-transformers Dense module), a new one of ``args.projection_dim``, or None.
+
+    A folder whose ``densekit_config.json`` records a head it does not hold is refused: a new random head in
+    its place would change every vector of a trained model.
+    """
+    found = read_projection_file(path) if Path(path).is_dir() else None
+    if found is None:
+        saved = read_densekit_config(path) if Path(path).is_dir() else None
+        if saved and saved.get("projection_dim"):
+            raise ConfigError(f"{path}: densekit_config.json records a {saved['projection_dim']}-dimensional projection "
+                              f"head but {PROJECTION_FILE} is missing; the checkpoint is incomplete. Copy the file "
+                              "from where the model was trained, or save the model again.")
+        found = architecture_head or (read_st_dense(defaults.dense) if defaults.dense is not None else None)
+    hidden_size = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
+    head = resolve_head(path, args.projection_dim, int(hidden_size), found)
+    if head is not None:
+        parameter = next(model.parameters(), None)
+        if parameter is not None:  # quantized (integer) weights: the head stays float32
+            head = head.to(device=parameter.device,
+                           dtype=parameter.dtype if parameter.is_floating_point() else None)
+    return head
 
 
 def read_safetensors(directory: Path, name: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,127 @@
+"""The optional linear projection head: pooled vector -> ``projection_dim`` dimensions, before normalization.
+
+OpenMatch's ``--add_linear_head``, DPR's ``projection_dim`` (``encode_proj``) and the ``Dense`` module of
+Sentence-T5 / GTR are the same thing: one ``nn.Linear`` applied to the pooled vector. This module finds the
+head a checkpoint folder carries, builds a new one when asked for a size the folder has none of, and
+writes and reads densekit's own file for it, ``projection.safetensors`` (keys ``weight`` and, when the head
+has one, ``bias``) beside the model weights. Why a separate file rather than a key inside
+``model.safetensors``: the Hugging Face weights stay loadable by plain transformers, and the folder of a
+model without a head is byte-for-byte what it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from densekit.errors import ConfigError
+from densekit.modeling.st_config import DenseModule
+
+PROJECTION_FILE = "projection.safetensors"
+
+
+@dataclass
+class FoundHead:
+    """A head stored in a checkpoint folder: its tensors (``weight`` [out, in], optional ``bias`` [out]) and
+    a description of where they came from, for error messages."""
+
+    state: dict[str, torch.Tensor]
+    origin: str
+
+    @property
+    def out_features(self) -> int:
+        return int(self.state["weight"].shape[0])
+
+
+def new_head(in_features: int, out_features: int, bias: bool = True) -> torch.nn.Linear:
+    """A freshly initialised head (``nn.Linear``'s own init, from torch's generator), to be trained.
+
+    A bias by default, as DPR's ``encode_proj`` has, so a trained head exports to DPR as it is."""
+    return torch.nn.Linear(in_features, out_features, bias=bias)
+
+
+def head_from_state(found: FoundHead) -> torch.nn.Linear:
+    """An ``nn.Linear`` holding ``found``'s tensors, refusing a malformed state (ConfigError)."""
+    weight, bias = found.state.get("weight"), found.state.get("bias")
+    extra = sorted(set(found.state) - {"weight", "bias"})
+    if weight is None or weight.dim() != 2 or extra or (bias is not None and tuple(bias.shape) != weight.shape[:1]):
+        shapes = {k: tuple(v.shape) for k, v in found.state.items()}
+        raise ConfigError(f"{found.origin}: expected a linear head (weight [out, in], optional bias [out]), found "
+                          f"{shapes}; the file is damaged or not a densekit projection head.")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
+    return head
+
+
+def read_projection_file(directory: str | Path) -> Optional[FoundHead]:
+    """densekit's ``projection.safetensors`` in ``directory``, or None when there is none."""
+    path = Path(directory) / PROJECTION_FILE
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return FoundHead(load_file(path, device="cpu"), str(path))
+
+
+def read_st_dense(dense: DenseModule) -> FoundHead:
+    """The weights of a sentence-transformers ``Dense`` module (``linear.weight`` / ``linear.bias`` in its
+    ``model.safetensors``, or in ``pytorch_model.bin`` for older saves), checked against its config."""
+    folder = dense.folder
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(folder / "model.safetensors", device="cpu")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ConfigError(f"{folder}: the sentence-transformers Dense module has no weights (model.safetensors or "
+                          "pytorch_model.bin); restore them from the original checkpoint.")
+    found = FoundHead({k.removeprefix("linear."): v for k, v in state.items()}, f"{folder} (sentence-transformers Dense)")
+    weight = found.state.get("weight")
+    if weight is None or tuple(weight.shape) != (dense.out_features, dense.in_features) or \
+            ("bias" in found.state) != dense.bias:
+        raise ConfigError(f"{found.origin}: weights {[(k, tuple(v.shape)) for k, v in state.items()]} do not match its "
+                          f"config.json (in_features {dense.in_features}, out_features {dense.out_features}, bias "
+                          f"{dense.bias}); restore the module from the original checkpoint.")
+    return found
+
+
+def save_projection(head: Optional[torch.nn.Linear], directory: str | Path) -> None:
+    """Write ``head`` as ``directory/projection.safetensors``; without a head, remove a stale file (saving
+    over an older checkpoint that had one)."""
+    path = Path(directory) / PROJECTION_FILE
+    if head is None:
+        path.unlink(missing_ok=True)
+        return
+    from safetensors.torch import save_file
+
+    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in head.state_dict().items()}, str(path))
+
+
+def resolve_head(folder: str, wanted_dim: Optional[int], hidden_size: int,
+                 found: Optional[FoundHead]) -> Optional[torch.nn.Linear]:
+    """The head an encoder gets: the folder's (``found``) when it has one, a new ``wanted_dim`` head when it
+    has none, None when neither.
+
+    A size asked for that differs from the folder's head, and a head whose input is not the model's hidden
+    size, are ConfigErrors naming the folder: a silently re-initialised or truncated head would change every
+    vector.
+    """
+    if found is not None:
+        if wanted_dim is not None and wanted_dim != found.out_features:
+            raise ConfigError(f"projection_dim={wanted_dim} but {found.origin} holds a {found.out_features}-dimensional "
+                              f"head; drop projection_dim (or set it to {found.out_features}) to use the checkpoint's "
+                              "head, or start from a folder without one.")
+        head = head_from_state(found)
+        if head.in_features != hidden_size:
+            raise ConfigError(f"{found.origin}: the projection head takes {head.in_features} inputs but the model "
+                              f"in {folder} has hidden size {hidden_size}; the head belongs to another model.")
+        return head
+    if wanted_dim is None:
+        return None
+    return new_head(hidden_size, wanted_dim)

@@ -1,0 +1,97 @@
+"""Tiny T5, Sentence-T5 and DPR checkpoints built from configs (no download), for the tests of encoder-decoder,
+sentence-transformers Dense and Hugging Face DPR loading.
+
+The tokenizer is a hand-written WordPiece vocabulary (special tokens, the letters, their ``##`` forms and a
+few whole words), so every text tokenizes into known ids and the models stay a few thousand parameters.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORDS = ("what are cats dogs the sun is a of and bread how baked rain water star small from clouds "
+         "solar system falls felines question about longer much").split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_vocab(path: Path) -> Path:
+    """A WordPiece vocab.txt covering lower-case text: specials, characters, ``##`` characters, some words."""
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,?!'-()")
+    tokens = SPECIALS + chars + ["##" + c for c in chars] + WORDS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
+    return path
+
+
+def make_tokenizer(directory: Path, tokenizer_class: str = "BertTokenizer"):
+    """A BERT WordPiece tokenizer (or a subclass: ``DPRQuestionEncoderTokenizer`` ...) over the tiny vocab."""
+    import tempfile
+
+    import transformers
+
+    with tempfile.TemporaryDirectory() as scratch:
+        return getattr(transformers, tokenizer_class)(vocab=str(write_vocab(Path(scratch) / "vocab.txt")))
+
+
+def build_tiny_t5(directory: Path, *, dropout: float = 0.0, seed: int = 0, full: bool = True) -> Path:
+    """A 2-layer, 16-wide T5 saved as ``T5ForConditionalGeneration`` (``full``: encoder and decoder, as the
+    hub's t5-base is) or as ``T5EncoderModel``, with the tiny tokenizer."""
+    import torch
+    from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+
+    tokenizer = make_tokenizer(directory)
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=1,
+                      num_heads=2, dropout_rate=dropout, relative_attention_num_buckets=8,
+                      relative_attention_max_distance=16, pad_token_id=tokenizer.pad_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+    torch.manual_seed(seed)
+    (T5ForConditionalGeneration if full else T5EncoderModel)(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def add_st_dense_normalize(directory: Path, *, out_features: int = 12, bias: bool = False, seed: int = 1) -> Path:
+    """Turn a T5 folder into a Sentence-T5/GTR layout: Transformer -> mean Pooling -> Dense (identity) ->
+    Normalize, written with sentence-transformers' own modules."""
+    import torch
+    from sentence_transformers.models import Dense, Normalize, Pooling
+
+    hidden = json.loads((directory / "config.json").read_text())["d_model"]
+    torch.manual_seed(seed)
+    modules = [("1_Pooling", Pooling(hidden, pooling_mode="mean")),
+               ("2_Dense", Dense(hidden, out_features, bias=bias, activation_function=torch.nn.Identity())),
+               ("3_Normalize", Normalize())]
+    entries = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    for idx, (path, module) in enumerate(modules, start=1):
+        (directory / path).mkdir(exist_ok=True)
+        module.save(str(directory / path))
+        entries.append({"idx": idx, "name": str(idx), "path": path,
+                        "type": f"sentence_transformers.models.{type(module).__name__}"})
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (directory / "modules.json").write_text(json.dumps(entries))
+    return directory
+
+
+def build_tiny_dpr(directory: Path, kind: str, *, projection_dim: int = 0, seed: int = 0,
+                   tokenizer_class: str | None = None) -> Path:
+    """A random ``DPRQuestionEncoder`` (kind "question") or ``DPRContextEncoder`` ("context") with BERT sizes
+    2 x 16 and the tiny tokenizer (by default DPR's own tokenizer class of that kind)."""
+    import torch
+    import transformers
+    from transformers import DPRConfig
+
+    prefix = "DPRQuestionEncoder" if kind == "question" else "DPRContextEncoder"
+    tokenizer = make_tokenizer(directory, tokenizer_class or f"{prefix}Tokenizer")
+    config = DPRConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=64, projection_dim=projection_dim,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    getattr(transformers, prefix)(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def tokenize(directory: Path, texts: list[str]):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))(texts, padding=True, return_tensors="pt")
