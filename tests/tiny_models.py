@@ -54,7 +54,7 @@ def add_st_dense_normalize(directory: Path, *, out_features: int = 12, bias: boo
     """Turn a T5 folder into a Sentence-T5/GTR layout: Transformer -> mean Pooling -> Dense (identity) ->
     Normalize, written with sentence-transformers' own modules."""
     import torch
-    from sentence_transformers.models import Dense, Normalize, Pooling
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
     hidden = json.loads((directory / "config.json").read_text())["d_model"]
     torch.manual_seed(seed)

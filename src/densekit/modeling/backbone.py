@@ -102,10 +102,11 @@ def _generic_encoder(path: str, load_kwargs: dict[str, Any]) -> torch.nn.Module:
 
     full, info = AutoModel.from_pretrained(path, output_loading_info=True, **load_kwargs)
     encoder = full.get_encoder() if hasattr(full, "get_encoder") else None
-    if encoder is None or encoder is full or not hasattr(encoder, "forward"):
+    if encoder is None or encoder is full or not _takes_token_ids(encoder):
+        found = "none" if encoder is None or encoder is full else f"{type(encoder).__name__}, which takes no input_ids"
         raise ConfigError(f"{path} is an encoder-decoder checkpoint ({type(full).__name__}) without a separate "
-                          "encoder module (get_encoder() gives none); densekit embeds texts with an encoder. Give "
-                          "an encoder checkpoint, or the decoder model with pooling='last_token'.")
+                          f"text encoder (get_encoder() gives {found}); densekit embeds texts with an encoder. Give "
+                          "an encoder checkpoint, or check is_encoder_decoder in its config.json.")
     prefix = next((name + "." for name, module in full.named_modules() if module is encoder), "")
     missing = {key for key in info.get("missing_keys", ()) if key.startswith(prefix)}
     _check_loaded(path, {**info, "missing_keys": missing, "mismatched_keys": info.get("mismatched_keys", ())},
@@ -113,6 +114,15 @@ def _generic_encoder(path: str, load_kwargs: dict[str, Any]) -> torch.nn.Module:
     if not hasattr(encoder, "config"):
         encoder.config = full.config
     return encoder
+
+
+def _takes_token_ids(module: torch.nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "input_ids" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_loaded(path: str, info: dict[str, Any], what: str) -> None:
