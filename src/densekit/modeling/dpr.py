@@ -60,8 +60,8 @@ def _plain_bert(inner: torch.nn.Module, dpr_config: Any) -> torch.nn.Module:
     folder that is neither BERT nor DPR, and the BERT-only speed-ups (seeded dropout, fast inference) would
     not recognise it. The BERT pooler, which DPR lacks and densekit never runs, is zeros rather than random:
     saved and reloaded (``AutoModel`` builds one) it stays what it was, so the weights fingerprint (the
-    embedding cache key) of a reloaded tower is the same. Built under a forked generator, so loading does not
-    move torch's random stream.
+    embedding cache key) of a reloaded tower is the same. Built under a forked generator: its throw-away
+    random init draws nothing from torch's stream.
     """
     from transformers import BertConfig, BertModel
 
