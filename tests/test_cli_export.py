@@ -113,8 +113,8 @@ def test_last_token_pooling_is_refused_before_anything_is_written(tiny_model_dir
 
 def test_unknown_format_lists_the_known_ones_and_output_dir_is_protected(tiny_model_dir, tmp_path):
     source = save_model(tiny_model_dir, tmp_path / "model", pooling="mean")
-    with pytest.raises(ConfigError, match="known formats: sentence-transformers"):
-        export_cli.run(["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "x"), "--format", "dpr"])
+    with pytest.raises(ConfigError, match="known formats: dpr, sentence-transformers"):
+        export_cli.run(["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "x"), "--format", "onnx"])
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")

@@ -11,6 +11,13 @@
 last-token pooling depends on the eos token densekit appends, and a LoRA folder holds adapters only; both
 are refused before anything is written. The folder gets a README.md model card (:mod:`densekit.model_card`).
 It is written next to ``--output_dir`` and renamed into place when complete.
+
+``dpr``: ``question_encoder/`` and ``ctx_encoder/``, folders that transformers' ``DPRQuestionEncoder`` /
+``DPRContextEncoder`` load (each with the tokenizer) and that give densekit's query and passage vectors as
+``pooler_output``. An untied model's query tower becomes the question encoder and its passage tower the
+context encoder; a shared encoder goes into both. Only what DPR computes can be exported: a BERT with cls
+pooling, no normalization and no prefixes, with or without a projection head (DPR's ``projection_dim``);
+anything else is refused before anything is written (:func:`densekit.modeling.dpr.check_dpr_expressible`).
 """
 from __future__ import annotations
 
@@ -40,26 +47,49 @@ class ExportArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "densekit model folder to export"})
     output_dir: Optional[str] = field(default=None, metadata={"help": "folder to write (must not exist, or be empty, "
                                                                       "unless --overwrite)"})
-    format: str = field(default="sentence-transformers", metadata={"help": "target layout: sentence-transformers"})
+    format: str = field(default="sentence-transformers",
+                        metadata={"help": "target layout: sentence-transformers, or dpr (question_encoder/ and "
+                                          "ctx_encoder/ for transformers' DPR classes)"})
     metrics: Optional[str] = field(default=None, metadata={"help": "metrics.json of an evaluation, shown in the "
                                                                    "model card"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
 
 
+def _tower_settings(tower: Any) -> dict[str, Any]:
+    head = getattr(tower, "projection", None)
+    return {"pooling": getattr(tower, "pooling", None), "normalize": bool(getattr(tower, "normalize", False)),
+            "projection_dim": head.out_features if head is not None else None}
+
+
 def resolved_config(retriever: Any) -> dict[str, Any]:
-    """The encoding settings a user of the exported model must know (what the model card shows)."""
+    """The encoding settings a user of the exported model must know (what the model card shows); for untied
+    towers, the query tower's, plus the passage tower's where they differ."""
     encoder = retriever.encoder
     args = retriever.args
-    return {"encoder_class": type(encoder).__name__, "pooling": getattr(encoder, "pooling", None),
-            "normalize": bool(getattr(encoder, "normalize", False)),
-            "similarity": "cosine" if getattr(encoder, "normalize", False) else "dot product",
-            "max_length": retriever.max_length, "query_prefix": args.query_prefix,
-            "passage_prefix": args.passage_prefix, "passage_template": args.passage_template,
-            "append_eos_token": bool(retriever.append_eos_token)}
+    query, passage = retriever.tower("query"), retriever.tower("passage")
+    settings = _tower_settings(query)
+    config = {"encoder_class": type(encoder).__name__, **settings,
+              "similarity": "cosine" if settings["normalize"] else "dot product",
+              "max_length": retriever.max_length, "query_prefix": args.query_prefix,
+              "passage_prefix": args.passage_prefix, "passage_template": args.passage_template,
+              "append_eos_token": bool(retriever.append_eos_token)}
+    if passage is not query:
+        config["towers"] = "untied (separate query and passage encoders)"
+        if _tower_settings(passage) != settings:
+            config["passage_tower"] = _tower_settings(passage)
+    return config
 
 
 def check_sentence_transformers(retriever: Any) -> None:
     """Refuse, before writing, a model whose embeddings sentence-transformers would compute differently."""
+    if retriever.tower("query") is not retriever.tower("passage"):
+        raise ConfigError("--format sentence-transformers writes one encoder; this model has separate query and "
+                          "passage towers. Use --format dpr (a question and a context encoder), or load it with "
+                          "BiEncoderRetriever.from_pretrained.")
+    if getattr(retriever.encoder, "projection", None) is not None:
+        raise ConfigError("--format sentence-transformers does not write the projection head (projection_dim) yet; "
+                          "use --format dpr for a BERT with cls pooling, or load the model with "
+                          "BiEncoderRetriever.from_pretrained.")
     pooling = getattr(retriever.encoder, "pooling", None)
     model = getattr(retriever.encoder, "model", None)
     if pooling not in ("cls", "mean"):
@@ -81,9 +111,34 @@ def export_sentence_transformers(retriever: Any, tokenizer: Any, folder: Path) -
         raise ConfigError("this model cannot be expressed as a sentence-transformers folder.")
 
 
+#: DPR's folder names (what its classes' base_model_prefix and the DPR repository call the two encoders).
+DPR_FOLDERS = {"query": "question_encoder", "passage": "ctx_encoder"}
+
+
+def check_dpr(retriever: Any) -> None:
+    """Refuse, before writing, a model transformers' DPR classes would encode differently (per tower)."""
+    from densekit.modeling.dpr import check_dpr_expressible
+
+    untied = retriever.tower("query") is not retriever.tower("passage")
+    for kind in ("query", "passage"):
+        check_dpr_expressible(retriever.tower(kind), kind, untied=untied)
+    if retriever.args.passage_template != DEFAULT_TEMPLATE:
+        logger.warning("passage_template %r is not applied by DPRContextEncoder: format passages with it yourself "
+                       "before encoding.", retriever.args.passage_template)
+
+
+def export_dpr(retriever: Any, tokenizer: Any, folder: Path) -> None:
+    """``question_encoder/`` from the query tower and ``ctx_encoder/`` from the passage tower."""
+    from densekit.modeling.dpr import write_dpr_encoder
+
+    for kind, name in DPR_FOLDERS.items():
+        write_dpr_encoder(retriever.tower(kind), kind, folder / name, tokenizer=tokenizer)
+
+
 #: format name -> (check run before anything is written, writer)
 EXPORTERS: dict[str, tuple[Callable[[Any], None], Callable[[Any, Any, Path], None]]] = {
     "sentence-transformers": (check_sentence_transformers, export_sentence_transformers),
+    "dpr": (check_dpr, export_dpr),
 }
 
 
@@ -125,7 +180,7 @@ def export(args: ExportArguments, command: Optional[str] = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     print(f"densekit export: {source} -> {target} ({args.format}, pooling "
-          f"{retriever.encoder.pooling}, model card {target / 'README.md'})")
+          f"{getattr(retriever.tower('query'), 'pooling', None)}, model card {target / 'README.md'})")
     return target
 
 

@@ -79,10 +79,11 @@ def _plain_bert(inner: torch.nn.Module, dpr_config: Any) -> torch.nn.Module:
     return bert.to(next(inner.parameters()).dtype)
 
 
-def check_dpr_expressible(tower: Any, kind: str) -> None:
+def check_dpr_expressible(tower: Any, kind: str, untied: bool = True) -> None:
     """ConfigError unless transformers' DPR class for ``kind`` computes this tower's vectors: a full-weight
-    BERT, cls pooling, no normalization, no prefix (DPR feeds the text as it is)."""
-    what = f"the {kind} tower" if kind else "the model"
+    BERT, cls pooling, no normalization, no prefix (DPR feeds the text as it is). ``untied=False``: the
+    tower is a model's shared encoder (messages say "the model")."""
+    what = f"the {kind} tower" if untied else "the model"
     model = getattr(tower, "model", None)
     if model is None or hasattr(model, "peft_config"):
         raise ConfigError(f"--format dpr needs full weights; {what} holds LoRA adapters (or no Hugging Face model). "
