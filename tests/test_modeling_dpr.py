@@ -57,6 +57,9 @@ def test_dpr_pair_gives_transformers_pooler_output(dpr_pair):
                                pooler_output(DPRQuestionEncoder, question, QUERIES), atol=1e-6, rtol=0)
     torch.testing.assert_close(densekit_vectors(model, question, PASSAGES, "passage"),
                                pooler_output(DPRContextEncoder, context, PASSAGES), atol=1e-6, rtol=0)
+    from densekit.modeling.seeded_dropout import make_seedable
+
+    assert make_seedable(model)  # the inner BERT has a BertConfig: the gradient cache seeds it like any BERT
 
 
 def test_context_encoder_folder_alone_loads_its_own_weights(dpr_pair):

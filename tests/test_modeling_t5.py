@@ -118,3 +118,27 @@ def test_an_encoder_decoder_without_an_encoder_module_is_a_clear_error(tmp_path,
     (folder / "config.json").write_text(json.dumps({**config, "is_encoder_decoder": True}))
     with pytest.raises(ConfigError, match="claims_enc_dec is an encoder-decoder checkpoint .*without a separate text encoder .*BertEncoder, which takes no input_ids"):
         load(folder)
+
+
+def test_other_encoder_decoders_load_their_get_encoder_and_reload_as_saved(tmp_path):
+    """The generic fallback (an encoder-decoder without a T5-style encoder class): BART's get_encoder()."""
+    from transformers import BartConfig, BartModel
+
+    config = BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    full = BartModel(config).eval()
+    full.save_pretrained(tmp_path / "bart")
+    ids = torch.randint(4, 100, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    batch = {"input_ids": ids * mask, "attention_mask": mask}
+    with torch.no_grad():
+        expected = full.get_encoder()(**batch).last_hidden_state[:, 0]
+    model = load(tmp_path / "bart", pooling="cls")
+    assert type(model.encoder.model).__name__ == "BartEncoder"
+    with torch.inference_mode():
+        torch.testing.assert_close(model.encode_query(batch), expected, atol=1e-6, rtol=0)
+    model.save_pretrained(tmp_path / "saved")  # architectures: ["BartEncoder"], found in transformers' bart module
+    with torch.inference_mode():
+        torch.testing.assert_close(BiEncoderRetriever.from_pretrained(tmp_path / "saved").eval().encode_query(batch),
+                                   expected, atol=1e-6, rtol=0)

@@ -82,18 +82,36 @@ def _read_config(path: str, load_kwargs: dict[str, Any]) -> Any:
 
 def _encoder_only_class(config: Any) -> Optional[type]:
     """The encoder-only class for ``config``: the one its ``architectures`` names when that is an encoder
-    class (a folder saved from ``T5EncoderModel``), else the one of its model_type when it is an
-    encoder-decoder, else None."""
-    import transformers
-
-    names = [name for name in (getattr(config, "architectures", None) or []) if name.endswith("EncoderModel")]
+    class (a folder saved from ``T5EncoderModel``, or from the ``get_encoder()`` of another encoder-decoder,
+    e.g. ``BartEncoder``), else the one of its model_type when it is an encoder-decoder, else None."""
+    names = [name for name in (getattr(config, "architectures", None) or [])
+             if name.endswith(("EncoderModel", "Encoder"))]
     if not names and getattr(config, "is_encoder_decoder", False):
         names = [ENCODER_ONLY_CLASSES.get(config.model_type, "")]
     for name in names:
-        klass = getattr(transformers, name, None) if name else None
+        klass = _transformers_class(name, config.model_type) if name else None
         if klass is not None:
             return klass
     return None
+
+
+def _transformers_class(name: str, model_type: str) -> Optional[type]:
+    """transformers' model class ``name``: exported at the top level, or in the model_type's modeling module
+    (encoder stacks such as ``BartEncoder`` are not exported)."""
+    import importlib
+
+    import transformers
+    from transformers import PreTrainedModel
+
+    klass = getattr(transformers, name, None)
+    if klass is None:
+        module_name = str(model_type).replace("-", "_")
+        try:
+            module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+        except ImportError:
+            return None
+        klass = getattr(module, name, None)
+    return klass if isinstance(klass, type) and issubclass(klass, PreTrainedModel) else None
 
 
 def _generic_encoder(path: str, load_kwargs: dict[str, Any]) -> torch.nn.Module:
