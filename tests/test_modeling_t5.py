@@ -142,3 +142,23 @@ def test_other_encoder_decoders_load_their_get_encoder_and_reload_as_saved(tmp_p
     with torch.inference_mode():
         torch.testing.assert_close(BiEncoderRetriever.from_pretrained(tmp_path / "saved").eval().encode_query(batch),
                                    expected, atol=1e-6, rtol=0)
+
+
+def test_fast_inference_path_is_taken_for_t5_and_equals_the_plain_forward(t5_dir, monkeypatch):
+    """T5's positions are relative and padded keys masked: chunks trimmed to their own length are exact."""
+    from densekit.modeling import fast_inference
+
+    texts = TEXTS * 3
+    batch = dict(tokenize(t5_dir, texts))
+    model = load(t5_dir, projection_dim=5)
+    calls = []
+    real = fast_inference.ChunkedParallelForward.__call__
+    monkeypatch.setattr(fast_inference.ChunkedParallelForward, "__call__",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    torch.set_num_threads(2)  # restored by conftest's one_torch_thread
+    with torch.inference_mode():
+        fast = model.encode_passage(batch)
+        model.encoder.fast_inference = False
+        plain = model.encode_passage(batch)
+    assert calls and fast.shape == (len(texts), 5)
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)

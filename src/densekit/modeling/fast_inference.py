@@ -33,6 +33,13 @@ from densekit.modeling.cpu_workers import map_on_workers
 # positions counted from the start; RoBERTa derives them from non-pad ids). Tested in
 # tests/test_modeling_fast_inference.py.
 SUPPORTED_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta"})
+# T5-family encoders qualify too: their positions are relative (a bias from the query-key distance) and
+# padded keys are masked, so trimming trailing padding changes nothing for real tokens. Measured on the 2-core
+# CPU, shared (load ~10; 6 layers x 384, batch 32 x 20-256 tokens, mean pooling): 4.6-5.3 s vs 11.9-12.1 s for
+# the plain forward, which attends over the full padded width with T5's float position-bias mask. Tested in
+# tests/test_modeling_t5.py.
+T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5"})
+FAST_MODEL_TYPES = SUPPORTED_MODEL_TYPES | T5_MODEL_TYPES
 
 # Rows per chunk: small enough to balance two workers and trim padding, large enough for efficient GEMMs.
 ROWS_PER_CHUNK = 16
@@ -123,6 +130,6 @@ def accelerate_for_inference(hf_model: torch.nn.Module) -> Optional[ChunkedParal
     is not on the CPU (:func:`cpu_tricks_apply`; then the caller runs the model as usual). Use only for
     inference: the chunks run without autograd."""
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES or not cpu_tricks_apply(hf_model):
+    if model_type not in FAST_MODEL_TYPES or not cpu_tricks_apply(hf_model):
         return None
     return ChunkedParallelForward(hf_model)

@@ -31,16 +31,16 @@ import numba
 import numpy as np
 import torch
 
-from densekit.modeling.fast_inference import SUPPORTED_MODEL_TYPES as _FAST_MODEL_TYPES
+# T5_MODEL_TYPES: T5-family encoders (T5, mT5, umT5; OpenMatch's t5-base-scaled, GTR, Sentence-T5): in
+# transformers 5 their attention also goes through the attention interface, with ``dropout=`` and the
+# relative position bias as a ``position_bias=`` float mask, which ``_seeded_attention`` folds into the mask
+# as SDPA does.
+from densekit.modeling.fast_inference import FAST_MODEL_TYPES, T5_MODEL_TYPES
 
-#: T5-family encoders (T5, mT5, umT5; OpenMatch's t5-base-scaled, GTR, Sentence-T5): in transformers 5 their
-#: attention also goes through the attention interface, with ``dropout=`` and the relative position bias as
-#: a ``position_bias=`` float mask, which ``_seeded_attention`` adds to the scores as SDPA would.
-T5_MODEL_TYPES = frozenset({"t5", "mt5", "umt5"})
 #: SUPPORTED_MODEL_TYPES: architectures whose dropout sites all have the batch in dim 0 and whose attention
 #: dropout goes through transformers' attention interface (``dropout=`` argument), so routing it to
 #: ``_seeded_attention`` seeds it: the BERT family the chunked parallel forward supports, and the T5 family.
-SUPPORTED_MODEL_TYPES = _FAST_MODEL_TYPES | T5_MODEL_TYPES
+SUPPORTED_MODEL_TYPES = FAST_MODEL_TYPES
 
 ATTENTION_NAME = "densekit_seeded_sdpa"
 
