@@ -7,6 +7,13 @@ ndcg_cut.10 recall.100 recip_rank P.10 map, or densekit's nDCG@10 MRR@10), ``-q`
 as 0. Without ``-c`` the queries are those of pytrec_eval / trec_eval: the run's judged queries. Lines name
 measures as trec_eval prints them (ndcg_cut_10) when trec_eval has the measure, densekit's name otherwise
 (MRR@10), so the output can be compared with ``trec_eval -q`` line by line.
+
+With ``--qa_file`` it scores by answer matching instead of qrels (DPR / GC-DPR ``dense_retriever.py``):
+``--qa_file qa/dev.csv --passages psgs.tsv --model_name_or_path M`` searches ``--n_docs`` passages per
+question, and ``--run run.trec --qa_file ... --passages ...`` takes the rankings of a run (e.g. of
+``densekit search`` over ``densekit encode`` shard folders; ``--queries`` maps its query ids to the
+questions by text). Both write DPR's results JSON, metrics.json (Accuracy@k) and report.md
+(:mod:`densekit.qa.retrieval`).
 """
 from __future__ import annotations
 
@@ -180,8 +187,178 @@ def evaluate_run_file(args: RunFileArguments) -> "MetricResults":
     return metrics
 
 
+@dataclass
+class QAArguments:
+    """Answer-matching evaluation (DPR top-k accuracy): questions with answers and the passages searched."""
+
+    qa_file: str = field(metadata={"help": "questions with answers: DPR qa file (question<TAB>[\"answer\", ...]), "
+                                           "DPR retriever .json, or .jsonl with query + answers"})
+    passages: str = field(metadata={"help": "passage collection: DPR psgs.tsv (id, text, title) or BEIR corpus.jsonl"})
+    n_docs: int = field(default=100, metadata={"help": "passages retrieved and kept per question (GC-DPR --n-docs)"})
+    match: str = field(default="string", metadata={
+        "help": "string: DPR's uncased token-sequence match; regex: answers are regular expressions (TREC)"})
+    top_k: list[int] = field(default_factory=lambda: [1, 5, 20, 100],
+                             metadata={"help": "report Accuracy@k for these k (each <= --n_docs)"})
+    out_file: Optional[str] = field(default=None, metadata={
+        "help": "where the results JSON goes (GC-DPR --out_file); default output_dir/results.json"})
+    queries: Optional[str] = field(default=None, metadata={
+        "help": "with --run: the query file the run was encoded from; questions are matched to its ids by text "
+                "(without it the run's ids must be the qa file's: q0, q1, ... or the ids it gives)"})
+
+    def __post_init__(self) -> None:
+        from densekit.qa.answers import MATCH_MODES
+
+        if self.match not in MATCH_MODES:
+            raise ConfigError(f"--match {self.match!r}: use one of {', '.join(MATCH_MODES)}.")
+        if self.n_docs < 1:
+            raise ConfigError(f"--n_docs must be >= 1, got {self.n_docs}.")
+        if isinstance(self.top_k, int):
+            self.top_k = [self.top_k]
+        bad = [k for k in self.top_k if k < 1 or k > self.n_docs]
+        if bad or not self.top_k:
+            raise ConfigError(f"--top_k {' '.join(map(str, self.top_k))}: every k must be between 1 and --n_docs "
+                              f"{self.n_docs}.")
+        from densekit.data.formats.lines import require_file
+
+        require_file(self.qa_file, "--qa_file qa")
+        require_file(self.passages, "--passages")
+
+
+@dataclass
+class QARunArguments:
+    """``densekit evaluate --run RUN --qa_file QA --passages P``: answer-match an existing run."""
+
+    run: str = field(metadata={"help": "TREC run file whose rankings are scored by answer matching"})
+    output_dir: str = field(default="./densekit_eval", metadata={"help": "where results.json, metrics.json and "
+                                                                        "report.md go"})
+    disable_tqdm: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def wants_qa(argv: list[str]) -> bool:
+    """True for answer-matching mode: a ``--qa_file`` flag."""
+    return any(a == "--qa_file" or a.startswith("--qa_file=") for a in argv)
+
+
+def build_qa_evaluator(model_args: ModelArguments, data_args: DataArguments, eval_args: "EvaluationArguments",
+                       qa_args: QAArguments, examples):
+    """A RetrievalEvaluator over every question of ``examples`` against ``qa_args.passages`` (no qrels)."""
+    from transformers import AutoTokenizer
+
+    from densekit.data.collator import RetrievalCollator
+    from densekit.evaluation.evaluator import RetrievalEvaluator
+    from densekit.modeling.retriever import BiEncoderRetriever
+    from densekit.qa.retrieval import question_dataset
+
+    model = BiEncoderRetriever.from_model_args(args=model_args)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_path, trust_remote_code=model_args.trust_remote_code)
+    dataset = question_dataset(data_args, qa_args.passages, examples, qa_args.qa_file, format_query=model.format_query,
+                               format_passage=model.format_passage)
+    collator = RetrievalCollator(data_args=data_args, tokenizer=tokenizer, append_eos=model.append_eos_token)
+    return RetrievalEvaluator(args=eval_args, model=model, tokenizer=tokenizer, data_collator=collator,
+                              eval_dataset=dataset)
+
+
+def search_qa(model_args: ModelArguments, data_args: DataArguments, eval_args: "EvaluationArguments",
+              qa_args: QAArguments):
+    """Search ``--n_docs`` passages for every question and mark answers; ``(examples, results, evaluator)``.
+
+    Uses ``RetrievalEvaluator.search`` (cache, torchrun); ``results`` is None on ranks that get no output.
+    """
+    from densekit.data.formats.qa import read_qa
+    from densekit.qa.retrieval import match_answers, rankings_from_search
+
+    examples = read_qa(qa_args.qa_file)  # read before the model: a bad line fails in a second
+    evaluator = build_qa_evaluator(model_args, data_args, eval_args, qa_args, examples)
+    depth = min(qa_args.n_docs, len(evaluator.eval_dataset.corpus))
+    result = evaluator.search(topk=depth)
+    if result is None:
+        return examples, None, evaluator
+    results = match_answers(examples, rankings_from_search(result), evaluator.eval_dataset.corpus,
+                            mode=qa_args.match, source=qa_args.qa_file, progress=not eval_args.disable_tqdm)
+    return examples, results, evaluator
+
+
+def evaluate_qa(model_args: ModelArguments, data_args: DataArguments, eval_args: "EvaluationArguments",
+                qa_args: QAArguments) -> dict[str, float]:
+    """``densekit evaluate --qa_file``: search, answer-match, write results JSON + metrics.json + report.md."""
+    import time
+
+    from densekit import distributed
+
+    began = time.perf_counter()
+    _, results, evaluator = search_qa(model_args, data_args, eval_args, qa_args)
+    out: dict[str, float] = {}
+    if results is not None and distributed.rank() == 0:
+        out = write_qa_files(model_args, eval_args, qa_args, results, evaluator, seconds=time.perf_counter() - began)
+    distributed.barrier()
+    return out
+
+
+def write_qa_files(model_args: ModelArguments, eval_args: "EvaluationArguments", qa_args: QAArguments, results,
+                   evaluator, seconds: Optional[float]) -> dict[str, float]:
+    """Results JSON, metrics.json and report.md of a model search (rank 0 calls it); the Accuracy@k."""
+    from densekit import distributed
+    from densekit.evaluation.evaluator import data_fingerprints
+    from densekit.qa.retrieval import write_qa_evaluation
+
+    settings = {"qa_file": qa_args.qa_file, "passages": qa_args.passages, "model": model_args.model_name_or_path,
+                "n_docs": qa_args.n_docs, "match": qa_args.match, "processes": distributed.world_size(),
+                **evaluator.describe_encoding()}
+    if seconds is not None:
+        settings["seconds"] = round(seconds, 3)
+    return write_qa_evaluation(eval_args.output_dir, results, qa_args.top_k, settings=settings,
+                               results_path=qa_args.out_file,
+                               fingerprints=data_fingerprints(evaluator.eval_dataset))["aggregate"]
+
+
+def evaluate_qa_run(run_args: QARunArguments, qa_args: QAArguments) -> dict[str, float]:
+    """``densekit evaluate --run RUN --qa_file``: answer-match a run's top ``--n_docs`` per question."""
+    import time
+
+    from densekit.cache import sha256_file
+    from densekit.data.formats import read_corpus, read_queries
+    from densekit.data.formats.qa import read_qa
+    from densekit.qa.retrieval import match_answers, rankings_from_run, run_ids_for, write_qa_evaluation
+
+    began = time.perf_counter()
+    examples = read_qa(qa_args.qa_file)
+    run_dict = read_run(run_args.run)
+    passages = read_corpus(qa_args.passages)
+    queries = read_queries(qa_args.queries) if qa_args.queries else None
+    ids = run_ids_for(examples, run_dict, queries, qa_args.qa_file, run_args.run)
+    rankings = rankings_from_run(run_dict, ids, passages, qa_args.n_docs, run_args.run)
+    results = match_answers(examples, rankings, passages, mode=qa_args.match, source=qa_args.qa_file,
+                            progress=not run_args.disable_tqdm)
+    settings = {"run": run_args.run, "qa_file": qa_args.qa_file, "passages": qa_args.passages,
+                "queries": qa_args.queries or "(run ids are the qa file's)", "n_docs": qa_args.n_docs,
+                "match": qa_args.match, "seconds": round(time.perf_counter() - began, 3)}
+    fingerprints = {f"run {Path(run_args.run).name}": sha256_file(run_args.run)[:24],
+                    f"qa {Path(qa_args.qa_file).name}": sha256_file(qa_args.qa_file)[:24],
+                    f"passages {Path(qa_args.passages).name}": sha256_file(qa_args.passages)[:24]}
+    return write_qa_evaluation(run_args.output_dir, results, qa_args.top_k, settings=settings,
+                               results_path=qa_args.out_file, fingerprints=fingerprints)["aggregate"]
+
+
 def run(argv) -> int:
     argv = merge_repeated(list(argv), ("-m", "--measures"))
+    if wants_qa(argv):
+        if wants_run_file(argv):
+            model_flag = next((a for a in argv if a.split("=")[0] in MODEL_MODE_FLAGS), None)
+            if model_flag:
+                raise ConfigError(f"--run scores an existing run file, so {model_flag.split('=')[0]} does not "
+                                  "apply; drop it, or drop --run to encode and search with a model.")
+            run_args, qa_args = parse_dataclasses((QARunArguments, QAArguments), argv,
+                                                  prog="densekit evaluate --run --qa_file")
+            evaluate_qa_run(run_args, qa_args)
+            return 0
+        from densekit.evaluation.evaluation_args import EvaluationArguments
+
+        model_args, data_args, eval_args, qa_args = parse_dataclasses(
+            (ModelArguments, DataArguments, EvaluationArguments, QAArguments), argv, prog="densekit evaluate --qa_file")
+        if qa_args.queries:
+            raise ConfigError("--queries maps a run's query ids to questions; it only applies with --run.")
+        evaluate_qa(model_args, data_args, eval_args, qa_args)
+        return 0
     if wants_run_file(argv):
         model_flag = next((a for a in argv if a.split("=")[0] in MODEL_MODE_FLAGS), None)
         if model_flag:
