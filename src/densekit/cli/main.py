@@ -20,6 +20,8 @@ COMMANDS = {
     "compare": ("densekit.cli.compare", "significance of run differences: compare RUN_A RUN_B ... --qrels Q "
                                         "(t-test, randomization, bootstrap CI, Holm)"),
     "export": ("densekit.cli.export", "write a model as a sentence-transformers folder with a model card (README.md)"),
+    "reader": ("densekit.cli.reader", "GC-DPR's extractive reader: reader train | reader predict on DPR results JSON "
+                                      "(Exact Match per top-k)"),
     "demo": ("densekit.cli.demo", "evaluate the bundled MiniLM on the built-in demo collection (no download)"),
 }
 
