@@ -109,11 +109,23 @@ def scifact_slice(tmp_path_factory) -> Path:
     return write_slice(tmp_path_factory.mktemp("docs_data") / "scifact-slice")
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_page_commands_run_as_printed(page, scifact_slice, tmp_path):
+def tiny_t5(folder: Path, data: Path) -> str:
+    """A tiny T5 checkpoint (encoder-decoder) whose tokenizer was trained on the slice's texts."""
+    from tests.tiny_t5 import build_tiny_t5
+
+    texts = [json.loads(line).get("text", "") for name in ("corpus.jsonl", "queries.jsonl")
+             for line in (data / name).read_text(encoding="utf-8").splitlines()]
+    return str(build_tiny_t5(folder, texts))
+
+
+@pytest.mark.parametrize("page,model", [(page, "minilm") for page in PAGES] + [("openmatch_msmarco.md", "t5")])
+def test_page_commands_run_as_printed(page, model, scifact_slice, tmp_path):
+    """Seed 003 (openmatch_msmarco.md) also runs with a tiny T5 (an encoder-decoder checkpoint: densekit
+    loads its encoder) and OpenMatch's "Title: <title> Text: <text>" passage template."""
     steps = page_steps((DOCS / page).read_text(encoding="utf-8"))
     assert len(steps) >= 4, f"{page}: expected the settings block and several densekit steps"
-    env = {**os.environ, **SMALL, "DATA": str(scifact_slice), "MODEL": minilm_path(), "OUT": "out",
+    model_path = minilm_path() if model == "minilm" else tiny_t5(tmp_path / "tiny-t5", scifact_slice)
+    env = {**os.environ, **SMALL, "DATA": str(scifact_slice), "MODEL": model_path, "OUT": "out",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     script = "".join(f'echo "### {page}:{line}"\n{code}\n' for line, code, _ in steps)
     began = time.perf_counter()
@@ -131,6 +143,11 @@ def test_page_commands_run_as_printed(page, scifact_slice, tmp_path):
         for path in paths:
             if path.endswith("metrics.json"):
                 assert "aggregate" in json.loads((tmp_path / expand(path, env)).read_text())
+    if model == "t5":  # the encoder only was trained and saved, with the page's template
+        saved = json.loads((tmp_path / "out" / "stage2" / "config.json").read_text())
+        assert saved["model_type"] == "t5" and saved["architectures"] == ["T5EncoderModel"]
+        template = json.loads((tmp_path / "out" / "stage2" / "densekit_config.json").read_text())["passage_template"]
+        assert template == "Title: {title} Text: {text}"
 
 
 def test_every_page_promises_outputs_and_shows_the_original_commands():
