@@ -147,3 +147,31 @@ def test_a_recorded_head_whose_file_is_missing_is_an_incomplete_checkpoint(tiny_
     (tmp_path / "saved" / PROJECTION_FILE).unlink()
     with pytest.raises(ConfigError, match="records a 8-dimensional projection head but projection.safetensors is missing"):
         BiEncoderRetriever.from_pretrained(tmp_path / "saved")
+
+
+def test_head_written_as_a_sentence_transformers_dense_module_gives_densekit_vectors(tiny_model_dir, tmp_path):
+    """``write_st_dense`` is what a sentence-transformers export needs for a model with a head: placed between
+    Pooling and Normalize in modules.json, SentenceTransformer computes densekit's vectors, and densekit reads
+    the Dense module back as the head."""
+    from sentence_transformers import SentenceTransformer
+
+    from densekit.modeling.projection import write_st_dense
+
+    model = build(tiny_model_dir, projection_dim=8, pooling="mean", normalize=True)
+    folder = tmp_path / "st"
+    model.save_pretrained(folder, tokenizer=AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    head = model.encoder.projection
+    model.encoder.projection = None  # the lead's writer knows Transformer -> Pooling -> Normalize only
+    assert model.save_sentence_transformers_config(folder)
+    model.encoder.projection = head
+    modules = json.loads((folder / "modules.json").read_text())
+    dense = write_st_dense(head, folder)
+    modules = modules[:2] + [dense] + modules[2:]
+    (folder / "modules.json").write_text(json.dumps([{**m, "idx": i, "name": str(i)} for i, m in enumerate(modules)]))
+    (folder / PROJECTION_FILE).unlink()  # densekit must find the head in the Dense module alone
+    (folder / "densekit_config.json").unlink()
+
+    theirs = SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_tensor=True, batch_size=2)
+    torch.testing.assert_close(theirs, embed(model, inputs(tiny_model_dir)), atol=1e-6, rtol=0)
+    reread = BiEncoderRetriever.from_pretrained(folder)
+    torch.testing.assert_close(embed(reread, inputs(tiny_model_dir)), theirs, atol=1e-6, rtol=0)

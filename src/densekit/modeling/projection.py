@@ -125,3 +125,22 @@ def resolve_head(folder: str, wanted_dim: Optional[int], hidden_size: int,
     if wanted_dim is None:
         return None
     return new_head(hidden_size, wanted_dim)
+
+
+def write_st_dense(head: torch.nn.Linear, directory: str | Path, subfolder: str = "2_Dense") -> dict:
+    """Write ``head`` as a sentence-transformers ``Dense`` module (identity activation) into
+    ``directory/subfolder``; returns its ``modules.json`` entry (``idx`` and a unique ``name`` left to the caller, who places it
+    after the Pooling module and before Normalize). What :func:`read_st_dense` reads back, so a
+    sentence-transformers export of a model with a head gives densekit's vectors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(directory) / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"in_features": head.in_features, "out_features": head.out_features, "bias": head.bias is not None,
+              "activation_function": "torch.nn.modules.linear.Identity"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({f"linear.{name}": tensor.detach().contiguous().cpu() for name, tensor in head.state_dict().items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return {"name": subfolder.split("_", 1)[0], "path": subfolder, "type": "sentence_transformers.models.Dense"}
