@@ -27,18 +27,31 @@ out with a counted warning, since Tevatron needs one.
     densekit mine --model_name_or_path MODEL --dataset nfcorpus --split train --search_topk 100 \\
         --mine_num_negatives 30 --mine_skip_top 10 --mine_relative_margin 0.95 --no_annot_in_mined_hn true \\
         --audit_qrels nfcorpus/qrels/dev.tsv --output_dir hn   # ranks 11-100, k=30, TopK-PercPos 95%
+
+With answers instead of qrels (``--qa_file``, or ``--results`` of ``densekit evaluate --qa_file``) it mines
+answer-aware training data (:mod:`densekit.qa.mining`): hard negatives are top-ranked passages without an
+answer, positives the gold passages of a DPR retriever file and/or top-ranked passages with an answer,
+optionally plus other paragraphs of the positive's article without an answer (``--in_article_negatives``)::
+
+    densekit mine --model_name_or_path MODEL --qa_file retriever/train.json --passages psgs.tsv \
+        --n_docs 100 --num_hard_negatives 7 --answer_positives 0 --output_format dpr beir --output_dir hn
+    densekit mine --results dev/results.json --qa_file retriever/dev.json --passages psgs.tsv \
+        --in_article_negatives 3 --output_format tevatron --output_dir hn
+    densekit train --model_name_or_path MODEL --dataset hn/beir --negative_qrel_path hn/beir/qrels/train.tsv ...
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from densekit.cli.arguments import parse_dataclasses
 from densekit.cli.evaluate import DatasetArguments, build_evaluator
 from densekit.data.data_args import DataArguments
 from densekit.errors import ConfigError
+from densekit.files import atomic_write
 from densekit.evaluation.evaluation_args import EvaluationArguments
 from densekit.modeling.model_args import ModelArguments
 
@@ -85,8 +98,119 @@ def write_mined_tevatron(path: Path, dataset, mined_qrels_path: Path, min_positi
     return write_tevatron(path, collection, negatives, min_positive_score=min_positive_score, progress=progress)
 
 
+@dataclass
+class AnswerMineArguments:
+    """Answer-aware mining (``--qa_file`` / ``--results``): what becomes a positive and a negative."""
+
+    num_hard_negatives: int = field(default=30, metadata={
+        "help": "retrieved passages WITHOUT an answer kept per question, best first (Tevatron/OpenMatch: 30)"})
+    negative_skip_top: int = field(default=0, metadata={"help": "skip the top r ranks before taking negatives"})
+    answer_positives: int = field(default=1, metadata={
+        "help": "retrieved passages WITH an answer added as positives, best first (after gold ones)"})
+    gold_positives: bool = field(default=True, metadata={
+        "help": "keep the positive_ctxs of a DPR retriever --qa_file as positives"})
+    in_article_negatives: int = field(default=0, metadata={
+        "help": "other passages with the positive's title and no answer, per question (SQuAD-like data)"})
+    negative_seed: int = field(default=0, metadata={"help": "seed of the in-article negatives' order"})
+    output_format: list[str] = field(default_factory=lambda: ["dpr"], metadata={
+        "help": "dpr: output_dir/train.json; tevatron: output_dir/train.jsonl; beir: output_dir/beir/ "
+                "(what densekit train --dataset reads)"})
+
+    def __post_init__(self) -> None:
+        from densekit.qa.mining import OUTPUT_FORMATS
+
+        if isinstance(self.output_format, str):
+            self.output_format = [self.output_format]
+        unknown = [f for f in self.output_format if f not in OUTPUT_FORMATS]
+        if unknown or not self.output_format:
+            raise ConfigError(f"--output_format {' '.join(self.output_format)}: with answers use one or more of "
+                              f"{', '.join(OUTPUT_FORMATS)}.")
+
+    def settings(self, match: str):
+        from densekit.qa.mining import AnswerMiningSettings
+
+        return AnswerMiningSettings(num_hard_negatives=self.num_hard_negatives, skip_top=self.negative_skip_top,
+                                    answer_positives=self.answer_positives, gold_positives=self.gold_positives,
+                                    in_article_negatives=self.in_article_negatives, seed=self.negative_seed,
+                                    match=match)
+
+
+@dataclass
+class ResultsMineArguments:
+    """``densekit mine --results R.json``: mine from a results JSON (no model)."""
+
+    results: str = field(metadata={"help": "results JSON of densekit evaluate --qa_file (or DPR's dense_retriever)"})
+    output_dir: str = field(default="./densekit_mine", metadata={"help": "where the training files go"})
+    qa_file: Optional[str] = field(default=None, metadata={
+        "help": "the questions the results were made from (a DPR retriever .json gives gold positives)"})
+    passages: Optional[str] = field(default=None, metadata={"help": "passage file (for --in_article_negatives)"})
+    match: str = field(default="string", metadata={"help": "answer matching of in-article negatives: string|regex"})
+
+    def __post_init__(self) -> None:
+        from densekit.qa.answers import MATCH_MODES
+
+        if self.match not in MATCH_MODES:
+            raise ConfigError(f"--match {self.match!r}: use one of {', '.join(MATCH_MODES)}.")
+
+
+def wants_answer_mining(argv: list[str]) -> bool:
+    return any(a.split("=")[0] in ("--qa_file", "--results") for a in argv)
+
+
+def _report_answer_mining(counts: dict[str, int], paths: dict[str, Path]) -> None:
+    where = ", ".join(str(p) for p in paths.values())
+    print(f"densekit mine: {counts['kept']} of {counts['questions']} questions with a positive "
+          f"({counts['skipped_no_positive']} without one left out): {counts['positives']} positives, "
+          f"{counts['hard_negatives']} hard negatives without an answer, {counts['in_article_negatives']} "
+          f"in-article negatives -> {where}", flush=True)
+    with atomic_write(Path(next(iter(paths.values()))).parent / "answer_mining.json") as handle:
+        json.dump({"counts": counts, "files": {k: str(v) for k, v in paths.items()}}, handle, indent=1)
+
+
+def run_answer_mining(argv) -> int:
+    """``densekit mine --qa_file ... | --results ...`` (see the module doc)."""
+    from densekit import distributed
+    from densekit.qa.mining import mine_answer_negatives, write_training_files
+
+    if any(a.split("=")[0] == "--results" for a in argv):
+        from densekit.data.formats import read_corpus
+        from densekit.data.formats.qa import read_qa
+        from densekit.qa.retrieval import read_results
+
+        args, mine_args = parse_dataclasses((ResultsMineArguments, AnswerMineArguments), argv,
+                                            prog="densekit mine --results")
+        settings = mine_args.settings(args.match)
+        if settings.in_article_negatives and not args.passages:
+            raise ConfigError("--in_article_negatives needs --passages (the passage collection).")
+        results = read_results(args.results)
+        examples = read_qa(args.qa_file) if args.qa_file else None
+        passages = read_corpus(args.passages) if args.passages else None
+        mined, counts = mine_answer_negatives(results, settings, examples=examples, passages=passages)
+        paths = write_training_files(args.output_dir, mined, mine_args.output_format)
+        _report_answer_mining(counts, paths)
+        return 0
+    from densekit.cli.evaluate import QAArguments, search_qa, write_qa_files
+
+    model_args, data_args, eval_args, qa_args, mine_args = parse_dataclasses(
+        (ModelArguments, DataArguments, EvaluationArguments, QAArguments, AnswerMineArguments), argv,
+        prog="densekit mine --qa_file")
+    settings = mine_args.settings(qa_args.match)
+    examples, results, evaluator = search_qa(model_args, data_args, eval_args, qa_args)
+    if results is not None and distributed.rank() == 0:
+        write_qa_files(model_args, eval_args, qa_args, results, evaluator, seconds=None)
+        mined, counts = mine_answer_negatives(results, settings, examples=examples,
+                                              passages=evaluator.eval_dataset.corpus)
+        paths = write_training_files(eval_args.output_dir, mined, mine_args.output_format)
+        _report_answer_mining(counts, paths)
+    distributed.barrier()
+    return 0
+
+
 def run(argv) -> int:
     from densekit import distributed
+
+    if wants_answer_mining(list(argv)):
+        return run_answer_mining(list(argv))
 
     model_args, data_args, eval_args, dataset_args, mine_args = parse_dataclasses(
         (ModelArguments, DataArguments, EvaluationArguments, DatasetArguments, MineArguments), argv,
