@@ -240,8 +240,12 @@ def test_run_ids_mapped_by_question_text_with_queries_file(tmp_path, capsys):
 
 def test_top_k_above_n_docs_is_refused(tmp_path, capsys):
     psgs, qa = write_psgs(tmp_path / "psgs.tsv"), write_qa_csv(tmp_path / "qa.csv")
-    assert main(["evaluate", "--run", "r", "--qa_file", str(qa), "--passages", str(psgs), "--n_docs", "5"]) == 1
+    assert main(["evaluate", "--run", "r", "--qa_file", str(qa), "--passages", str(psgs), "--n_docs", "5",
+                 "--top_k", "1", "20"]) == 1
     assert "--n_docs 5" in capsys.readouterr().err
+    from densekit.cli.evaluate import QAArguments
+
+    assert QAArguments(qa_file=str(qa), passages=str(psgs), n_docs=20).top_k == [1, 5, 20]  # defaults <= n_docs
 
 
 # ------------------------------------------------------------------------------- CLI, tiny model

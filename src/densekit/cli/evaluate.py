@@ -187,6 +187,9 @@ def evaluate_run_file(args: RunFileArguments) -> "MetricResults":
     return metrics
 
 
+DEFAULT_TOP_K = (1, 5, 20, 100)  # DPR's usual cut-offs (densekit.qa.retrieval.DEFAULT_TOP_K)
+
+
 @dataclass
 class QAArguments:
     """Answer-matching evaluation (DPR top-k accuracy): questions with answers and the passages searched."""
@@ -197,8 +200,8 @@ class QAArguments:
     n_docs: int = field(default=100, metadata={"help": "passages retrieved and kept per question (GC-DPR --n-docs)"})
     match: str = field(default="string", metadata={
         "help": "string: DPR's uncased token-sequence match; regex: answers are regular expressions (TREC)"})
-    top_k: list[int] = field(default_factory=lambda: [1, 5, 20, 100],
-                             metadata={"help": "report Accuracy@k for these k (each <= --n_docs)"})
+    top_k: Optional[list[int]] = field(default=None, metadata={
+        "help": "report Accuracy@k for these k (each <= --n_docs); default 1 5 20 100, those <= --n_docs"})
     out_file: Optional[str] = field(default=None, metadata={
         "help": "where the results JSON goes (GC-DPR --out_file); default output_dir/results.json"})
     queries: Optional[str] = field(default=None, metadata={
@@ -214,6 +217,8 @@ class QAArguments:
             raise ConfigError(f"--n_docs must be >= 1, got {self.n_docs}.")
         if isinstance(self.top_k, int):
             self.top_k = [self.top_k]
+        if self.top_k is None:
+            self.top_k = [k for k in DEFAULT_TOP_K if k <= self.n_docs] or [self.n_docs]
         bad = [k for k in self.top_k if k < 1 or k > self.n_docs]
         if bad or not self.top_k:
             raise ConfigError(f"--top_k {' '.join(map(str, self.top_k))}: every k must be between 1 and --n_docs "
@@ -262,7 +267,7 @@ def search_qa(model_args: ModelArguments, data_args: DataArguments, eval_args: "
               qa_args: QAArguments):
     """Search ``--n_docs`` passages for every question and mark answers; ``(examples, results, evaluator)``.
 
-    Uses ``RetrievalEvaluator.search`` (cache, torchrun); ``results`` is None on ranks that get no output.
+    Uses ``RetrievalEvaluator.search`` (cache, torchrun); ``results`` is None on ranks other than 0.
     """
     from densekit.data.formats.qa import read_qa
     from densekit.qa.retrieval import match_answers, rankings_from_search
@@ -271,7 +276,9 @@ def search_qa(model_args: ModelArguments, data_args: DataArguments, eval_args: "
     evaluator = build_qa_evaluator(model_args, data_args, eval_args, qa_args, examples)
     depth = min(qa_args.n_docs, len(evaluator.eval_dataset.corpus))
     result = evaluator.search(topk=depth)
-    if result is None:
+    from densekit import distributed
+
+    if result is None or distributed.rank() != 0:  # rank 0 matches and writes
         return examples, None, evaluator
     results = match_answers(examples, rankings_from_search(result), evaluator.eval_dataset.corpus,
                             mode=qa_args.match, source=qa_args.qa_file, progress=not eval_args.disable_tqdm)
