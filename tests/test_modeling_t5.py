@@ -162,3 +162,24 @@ def test_fast_inference_path_is_taken_for_t5_and_equals_the_plain_forward(t5_dir
         plain = model.encode_passage(batch)
     assert calls and fast.shape == (len(texts), 5)
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
+
+
+def test_lora_t5_saved_as_adapters_reloads_onto_the_encoder(t5_dir, tmp_path):
+    """A LoRA folder names its base (the full T5): the base goes through the same encoder-only loading and the
+    adapters are loaded into it (AutoModel would build the encoder-decoder, where they do not fit)."""
+    torch.manual_seed(0)
+    model = load(t5_dir, use_peft=True, lora_r=2, projection_dim=4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.1)  # as if trained: the adapters change the vectors
+    model.save_pretrained(tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter_config.json").is_file() and not (tmp_path / "lora" / "config.json").exists()
+    reloaded = BiEncoderRetriever.from_pretrained(tmp_path / "lora").eval()
+    assert type(reloaded.encoder.model).__name__ == "T5EncoderModel" and hasattr(reloaded.encoder.model, "peft_config")
+    before = densekit_vectors(model.eval(), t5_dir)
+    torch.testing.assert_close(densekit_vectors(reloaded, t5_dir), before, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    without_adapters = load(t5_dir, projection_dim=4)  # the same head (drawn first), no adapters
+    assert torch.equal(without_adapters.encoder.projection.weight, reloaded.encoder.projection.weight)
+    assert not torch.allclose(densekit_vectors(without_adapters, t5_dir), before, atol=1e-4)

@@ -47,8 +47,8 @@ def load_backbone(path: str, load_kwargs: dict[str, Any]) -> Backbone:
 
     try:
         config = _read_config(path, load_kwargs)
-        if config is None:  # a LoRA adapter folder: AutoModel (with peft) loads base + adapters
-            return Backbone(transformers.AutoModel.from_pretrained(path, **load_kwargs))
+        if config is None:
+            return _with_adapters(path, load_kwargs)
         if config.model_type == "dpr":
             from densekit.modeling.dpr import load_dpr_encoder
 
@@ -68,6 +68,27 @@ def load_backbone(path: str, load_kwargs: dict[str, Any]) -> Backbone:
             f"cannot load a model from {path!r}: {err}. densekit does not download models at run time; "
             "pass a local checkpoint directory (Hugging Face or sentence-transformers layout)."
         ) from err
+
+
+def _with_adapters(path: str, load_kwargs: dict[str, Any]) -> Backbone:
+    """A folder of LoRA adapters (what densekit saves for ``use_peft``): the backbone of the base checkpoint
+    its ``adapter_config.json`` names, loaded as any folder is here, with the adapters loaded into it.
+
+    What ``AutoModel.from_pretrained(adapter_folder)`` does, except that the base goes through this module
+    too: an AutoModel of a T5 base would be the whole encoder-decoder, on which the encoder's adapters do not
+    fit (and a DPR base would be random).
+    """
+    import json
+    from pathlib import Path
+
+    adapter_config = Path(path) / "adapter_config.json"
+    base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{adapter_config} names no base_model_name_or_path; densekit cannot tell which model the "
+                          "LoRA adapters belong to. Add it (the folder the model was trained from).")
+    backbone = load_backbone(str(base), load_kwargs)
+    backbone.model.load_adapter(str(path))
+    return backbone
 
 
 def _read_config(path: str, load_kwargs: dict[str, Any]) -> Any:
