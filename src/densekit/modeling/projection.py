@@ -81,7 +81,8 @@ def read_st_dense(dense: DenseModule) -> FoundHead:
     else:
         raise ConfigError(f"{folder}: the sentence-transformers Dense module has no weights (model.safetensors or "
                           "pytorch_model.bin); restore them from the original checkpoint.")
-    found = FoundHead({k.removeprefix("linear."): v for k, v in state.items()}, f"{folder} (sentence-transformers Dense)")
+    found = FoundHead({k.removeprefix("linear."): v for k, v in state.items()},
+                      f"{folder} (sentence-transformers Dense)")
     weight = found.state.get("weight")
     if weight is None or tuple(weight.shape) != (dense.out_features, dense.in_features) or \
             ("bias" in found.state) != dense.bias:
@@ -114,9 +115,9 @@ def resolve_head(folder: str, wanted_dim: Optional[int], hidden_size: int,
     """
     if found is not None:
         if wanted_dim is not None and wanted_dim != found.out_features:
-            raise ConfigError(f"projection_dim={wanted_dim} but {found.origin} holds a {found.out_features}-dimensional "
-                              f"head; drop projection_dim (or set it to {found.out_features}) to use the checkpoint's "
-                              "head, or start from a folder without one.")
+            raise ConfigError(f"projection_dim={wanted_dim} but {found.origin} holds a "
+                              f"{found.out_features}-dimensional head; drop projection_dim (or set it to "
+                              f"{found.out_features}) to use the checkpoint's head, or use a folder without one.")
         head = head_from_state(found)
         if head.in_features != hidden_size:
             raise ConfigError(f"{found.origin}: the projection head takes {head.in_features} inputs but the model "
@@ -129,9 +130,9 @@ def resolve_head(folder: str, wanted_dim: Optional[int], hidden_size: int,
 
 def write_st_dense(head: torch.nn.Linear, directory: str | Path, subfolder: str = "2_Dense") -> dict:
     """Write ``head`` as a sentence-transformers ``Dense`` module (identity activation) into
-    ``directory/subfolder``; returns its ``modules.json`` entry (``idx`` and a unique ``name`` left to the caller, who places it
-    after the Pooling module and before Normalize). What :func:`read_st_dense` reads back, so a
-    sentence-transformers export of a model with a head gives densekit's vectors."""
+    ``directory/subfolder``; returns its ``modules.json`` entry (``idx`` and a unique ``name`` left to the
+    caller, who places it after the Pooling module and before Normalize). What :func:`read_st_dense` reads
+    back, so a sentence-transformers export of a model with a head gives densekit's vectors."""
     import json
 
     from safetensors.torch import save_file

@@ -123,7 +123,8 @@ def _read_dense(root: Path, module: dict, *, after_pooling: bool, first: bool) -
     activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
     if activation not in _IDENTITY_ACTIVATIONS:
         raise ConfigError(f"{what} has activation {activation!r}; densekit's projection head is linear "
-                          "(identity activation, as in Sentence-T5 and GTR). Load the model with sentence-transformers.")
+                          "(identity activation, as in Sentence-T5 and GTR). Load the model with "
+                          "sentence-transformers.")
     if config.get("use_residual") or config.get("module_input_name", "sentence_embedding") != "sentence_embedding":
         raise ConfigError(f"{what} uses a residual connection or another input than the sentence embedding; "
                           "densekit's projection head cannot express it.")

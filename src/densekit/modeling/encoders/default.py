@@ -249,9 +249,9 @@ def _projection_head(path: str, args: ModelArguments, architecture_head: Optiona
     if found is None:
         saved = read_densekit_config(path) if Path(path).is_dir() else None
         if saved and saved.get("projection_dim"):
-            raise ConfigError(f"{path}: densekit_config.json records a {saved['projection_dim']}-dimensional projection "
-                              f"head but {PROJECTION_FILE} is missing; the checkpoint is incomplete. Copy the file "
-                              "from where the model was trained, or save the model again.")
+            raise ConfigError(f"{path}: densekit_config.json records a {saved['projection_dim']}-dimensional "
+                              f"projection head but {PROJECTION_FILE} is missing; the checkpoint is incomplete. "
+                              "Copy the file from where the model was trained, or save the model again.")
         found = architecture_head or (read_st_dense(defaults.dense) if defaults.dense is not None else None)
     hidden_size = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
     head = resolve_head(path, args.projection_dim, int(hidden_size), found)
