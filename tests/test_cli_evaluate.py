@@ -90,6 +90,55 @@ def test_demo_runs_the_tutorial_on_the_builtin_collection(tiny_model_dir, tmp_pa
     assert capsys.readouterr().out.count("reused from an earlier run") == 6
 
 
+def test_demo_picks_the_stage1_recipe_from_the_training_judgments(tmp_path):
+    """auto: multi-positive with many judged positives per training query, one ANCE round with about one;
+    unset stage-1 settings come from the recipe, given ones stay."""
+    from densekit.cli.demo import DemoArguments, resolve_recipe
+
+    many = write_beir(tmp_path / "many", split="train")  # 2 judged positives per query
+    demo = DemoArguments(dataset=str(many))
+    assert resolve_recipe(demo, many) == "multi_positive"
+    assert (demo.epochs, demo.batch_size, demo.learning_rate) == (1.0, 64, 2e-5)
+    one = write_beir(tmp_path / "one", split="dev")
+    (one / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq-cats\tcats-0\t1\nq-dogs\tdogs-0\t1\nq-rain\train-0\t1\n", encoding="utf-8")
+    demo = DemoArguments(dataset=str(one), learning_rate=1e-4)
+    assert resolve_recipe(demo, one) == "mined"
+    assert (demo.epochs, demo.batch_size, demo.learning_rate) == (3.0, 32, 1e-4)
+    demo = DemoArguments(dataset=str(one), stage1_recipe="multi_positive")
+    assert resolve_recipe(demo, one) == "multi_positive" and demo.batch_size == 64
+
+
+def test_demo_mined_recipe_trains_stage1_on_negatives_mined_with_the_base_model(tiny_model_dir, tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir", split="dev")
+    (beir / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q-{t}\t{t}-0\t1\n" for t in ("cats", "dogs", "rain", "sun")),
+        encoding="utf-8")
+    out = tmp_path / "demo"
+    argv = ["demo", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir), "--split", "dev",
+            "--output_dir", str(out), "--stages", "base", "stage1", "--batch_size", "4", "--chunk_size", "4",
+            "--epochs", "1", "--stage1_mine_depth", "5"]
+    assert main(argv) == 0
+    assert "stage-1 recipe mined" in capsys.readouterr().out
+    negatives = (out / "stage1" / "negatives" / "mined_qrels.tsv").read_text().splitlines()[1:]
+    judged = {("q-cats", "cats-0"), ("q-dogs", "dogs-0"), ("q-rain", "rain-0"), ("q-sun", "sun-0")}
+    pairs = [tuple(line.split("\t")[:2]) for line in negatives]
+    assert pairs and not judged & set(pairs) and all(sum(p[0] == q for p in pairs) <= 5 for q, _ in judged)
+    command = (out / "stage1" / "model" / "command.txt").read_text()
+    assert f"--negative_qrel_path {out / 'stage1' / 'negatives' / 'mined_qrels.tsv'}" in command
+    assert "--group_size 2" in command and "multi_positive" not in command and "--learning_rate 5e-05" in command
+    assert json.loads((out / "stage1" / "metrics.json").read_text())["aggregate"]["nDCG@10"] >= 0
+    assert main(argv) == 0  # resumes: the mining and the training are reused
+    assert capsys.readouterr().out.count("reused from an earlier run") == 4
+
+
+def test_demo_rejects_an_unknown_stage1_recipe(tiny_model_dir, tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir", split="train")
+    assert main(["demo", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir), "--split", "train",
+                 "--stage1_recipe", "ance"]) == 1
+    assert "--stage1_recipe ance" in capsys.readouterr().err
+
+
 def test_demo_refuses_a_dataset_without_a_train_split(tiny_model_dir, tmp_path, capsys):
     beir = write_beir(tmp_path / "beir")
     assert main(["demo", "--model_name_or_path", str(tiny_model_dir), "--dataset", str(beir)]) == 1
