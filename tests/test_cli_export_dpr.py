@@ -49,7 +49,8 @@ def test_trained_untied_bert_exports_to_dpr_classes_with_equal_vectors(tiny_mode
         config = json.loads((out / name / "config.json").read_text())
         assert (config["model_type"], config["architectures"], config["projection_dim"]) == ("dpr", [arch], 8)
         assert config["hidden_size"] == 32 and config["num_hidden_layers"] == 2
-    assert (out / "README.md").is_file()
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and 'DPRContextEncoder.from_pretrained("PATH/ctx_encoder")' in card
 
     question, context = dpr_vectors(DPRQuestionEncoder, out / "question_encoder", QUERIES), \
         dpr_vectors(DPRContextEncoder, out / "ctx_encoder", PASSAGES)

@@ -161,6 +161,15 @@ def _front_matter(library_name: str, training_data: Optional[Mapping[str, Any]])
 
 
 def _usage(library_name: str, config: Mapping[str, Any]) -> str:
+    if library_name == "transformers":  # densekit export --format dpr: a DPR question/context encoder pair
+        return ("## Usage\n\n```python\nfrom transformers import AutoTokenizer, DPRContextEncoder, DPRQuestionEncoder\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"PATH/question_encoder\")\n"
+                "question_encoder = DPRQuestionEncoder.from_pretrained(\"PATH/question_encoder\")\n"
+                "ctx_encoder = DPRContextEncoder.from_pretrained(\"PATH/ctx_encoder\")\n"
+                "queries = question_encoder(**tokenizer([\"how do cats purr?\"], return_tensors=\"pt\")).pooler_output\n"
+                "passages = ctx_encoder(**tokenizer([\"Cats purr by ...\"], return_tensors=\"pt\")).pooler_output\n"
+                "scores = queries @ passages.T\n```\n\nIn densekit: `ModelArguments(query_model_name_or_path=\"PATH/"
+                "question_encoder\", passage_model_name_or_path=\"PATH/ctx_encoder\")`.\n")
     if library_name != "sentence-transformers":
         return ("## Usage\n\n```python\nfrom densekit import BiEncoderRetriever\n"
                 "model = BiEncoderRetriever.from_pretrained(\"PATH\")\n```\n")

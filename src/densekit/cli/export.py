@@ -135,6 +135,9 @@ def export_dpr(retriever: Any, tokenizer: Any, folder: Path) -> None:
         write_dpr_encoder(retriever.tower(kind), kind, folder / name, tokenizer=tokenizer)
 
 
+#: format name -> the library whose classes load the exported folder (the model card's library_name and usage)
+LIBRARY_OF_FORMAT = {"sentence-transformers": "sentence-transformers", "dpr": "transformers"}
+
 #: format name -> (check run before anything is written, writer)
 EXPORTERS: dict[str, tuple[Callable[[Any], None], Callable[[Any, Any, Path], None]]] = {
     "sentence-transformers": (check_sentence_transformers, export_sentence_transformers),
@@ -173,7 +176,7 @@ def export(args: ExportArguments, command: Optional[str] = None) -> Path:
         write(retriever, tokenizer, staging)
         write_model_card(staging, command=command or "densekit export", config=resolved_config(retriever),
                          training_data=training_data, evaluation=evaluation, negatives=negatives,
-                         library_name="sentence-transformers" if args.format == "sentence-transformers" else "densekit",
+                         library_name=LIBRARY_OF_FORMAT[args.format],
                          title=target.resolve().name)
         _replace_folder(staging, target)
     except BaseException:
