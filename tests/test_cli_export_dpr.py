@@ -109,10 +109,19 @@ def test_a_non_bert_model_is_refused(tmp_path):
         export_cli.run(["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "dpr"), "--format", "dpr"])
 
 
-def test_sentence_transformers_export_refuses_untied_towers_and_projection_heads(tiny_model_dir, tmp_path):
+def test_sentence_transformers_export_refuses_untied_towers_and_writes_a_head_as_dense(tiny_model_dir, tmp_path):
     untied = save_model(tiny_model_dir, tmp_path / "untied", pooling="cls", untie_encoder=True)
     with pytest.raises(ConfigError, match="separate query and passage towers. Use --format dpr"):
         export_cli.run(["--model_name_or_path", str(untied), "--output_dir", str(tmp_path / "a")])
     head = save_model(tiny_model_dir, tmp_path / "head", pooling="cls", projection_dim=8)
-    with pytest.raises(ConfigError, match="does not write the projection head"):
-        export_cli.run(["--model_name_or_path", str(head), "--output_dir", str(tmp_path / "b")])
+    export_cli.run(["--model_name_or_path", str(head), "--output_dir", str(tmp_path / "b")])
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["what do cats eat", "rain falls from clouds"]
+    theirs = SentenceTransformer(str(tmp_path / "b"), device="cpu").encode(texts, convert_to_tensor=True)
+    model = BiEncoderRetriever.from_pretrained(head).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(head))
+    with torch.no_grad():
+        ours = model.encode_passage(dict(tokenizer(texts, padding=True, return_tensors="pt")))
+    assert theirs.shape[1] == 8
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)

@@ -8,6 +8,7 @@ lines exists. The original tools' commands are ``text`` blocks and are not run.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -87,13 +88,32 @@ def write_slice(folder: Path) -> Path:
     dpr = []
     for qid in dict.fromkeys(row[0] for row in judged["train"]):
         positives = [docs[row[1]] for row in judged["train"] if row[0] == qid]
-        dpr.append({"question": queries[qid]["text"], "answers": [],
+        dpr.append({"question": queries[qid]["text"], "answers": [answer_span(positives[0])],
                     "positive_ctxs": [{"title": d["title"], "text": d["text"], "passage_id": d["_id"]}
                                       for d in positives],
                     "negative_ctxs": [], "hard_negative_ctxs": []})
     (folder / "retriever").mkdir()
     (folder / "retriever" / "train.json").write_text(json.dumps(dpr, indent=1), encoding="utf-8")
+    # DPR's passage file (csv-quoted like psgs_w100.tsv) and a qa file of the dev queries, whose answer is a
+    # short span of the query's first positive (SciFact has no answers; answer matching needs some)
+    with open(folder / "psgs.tsv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["id", "text", "title"])
+        writer.writerows([d, " ".join(docs[d]["text"].split()), " ".join(docs[d].get("title", "").split())]
+                         for d in keep)
+    (folder / "qa").mkdir()
+    with open(folder / "qa" / "dev.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        for qid in dict.fromkeys(row[0] for row in judged["dev"]):
+            positive = next(docs[row[1]] for row in judged["dev"] if row[0] == qid and int(row[2]) > 0)
+            writer.writerow([queries[qid]["text"], json.dumps([answer_span(positive)])])
     return folder
+
+
+def answer_span(doc: dict) -> str:
+    """Three words from the middle of a passage's first sentence: an answer only it is likely to contain."""
+    words = doc["text"].split()
+    return " ".join(words[2:5] if len(words) >= 5 else words)
 
 
 def minilm_path() -> str:
@@ -111,11 +131,11 @@ def scifact_slice(tmp_path_factory) -> Path:
 
 def tiny_t5(folder: Path, data: Path) -> str:
     """A tiny T5 checkpoint (encoder-decoder) whose tokenizer was trained on the slice's texts."""
-    from tests.tiny_t5 import build_tiny_t5
+    from tests.tiny_models import build_tiny_t5_unigram
 
     texts = [json.loads(line).get("text", "") for name in ("corpus.jsonl", "queries.jsonl")
              for line in (data / name).read_text(encoding="utf-8").splitlines()]
-    return str(build_tiny_t5(folder, texts))
+    return str(build_tiny_t5_unigram(folder, texts))
 
 
 @pytest.mark.parametrize("page,model", [(page, "minilm") for page in PAGES] + [("openmatch_msmarco.md", "t5")])

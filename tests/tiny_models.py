@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 WORDS = ("what are cats dogs the sun is a of and bread how baked rain water star small from clouds "
          "solar system falls felines question about longer much").split()
@@ -95,3 +96,37 @@ def tokenize(directory: Path, texts: list[str]):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(directory))(texts, padding=True, return_tensors="pt")
+
+
+T5_TRAIN_WORDS = ("the a of and in to is for with on cells protein vitamin bone health gene cancer risk study "
+                  "patients effect disease blood dose trial treatment increase reduce level title text").split()
+
+
+def build_tiny_t5_unigram(directory: Path, texts: Iterable[str] = (), *, dropout: float = 0.0, seed: int = 0,
+                  vocab_size: int = 300) -> Path:
+    """A 2-layer, 32-wide ``T5ForConditionalGeneration`` with a T5 tokenizer of its own kind: a Unigram
+    ``T5TokenizerFast`` (pad 0, eos 1, unk 2; eos appended as T5's does) trained in-process on ``texts`` plus a
+    few common words. For end-to-end runs on real text (build_tiny_t5's WordPiece vocabulary is tiny)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = T5_TRAIN_WORDS
+    corpus = list(texts) + [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    backend = Tokenizer(models.Unigram())
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.train_from_iterator(corpus, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                extra_ids=0)
+    config = T5Config(vocab_size=backend.get_vocab_size(), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                      num_decoder_layers=1, num_heads=4, dropout_rate=dropout, pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -86,10 +86,6 @@ def check_sentence_transformers(retriever: Any) -> None:
         raise ConfigError("--format sentence-transformers writes one encoder; this model has separate query and "
                           "passage towers. Use --format dpr (a question and a context encoder), or load it with "
                           "BiEncoderRetriever.from_pretrained.")
-    if getattr(retriever.encoder, "projection", None) is not None:
-        raise ConfigError("--format sentence-transformers does not write the projection head (projection_dim) yet; "
-                          "use --format dpr for a BERT with cls pooling, or load the model with "
-                          "BiEncoderRetriever.from_pretrained.")
     pooling = getattr(retriever.encoder, "pooling", None)
     model = getattr(retriever.encoder, "model", None)
     if pooling not in ("cls", "mean"):

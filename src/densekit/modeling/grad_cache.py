@@ -7,7 +7,7 @@ keeps the activations of the whole batch alive. The loss, however, only sees the
 
 1. encode every chunk of queries and passages **without** autograd, with dropout masks that can be
    drawn again: either every row gets its own dropout seed (models on the CPU prepared by
-   :func:`densekit.modeling.seeded_dropout.make_seedable`, BERT-family encoders), or torch's RNG state
+   :func:`densekit.modeling.seeded_dropout.make_seedable`, BERT- and T5-family encoders), or torch's RNG state
    (the CPU's and that of each CUDA device the step uses) is saved before each chunk and replayed (any
    model, and every model on a GPU: :func:`densekit.modeling.fast_inference.cpu_tricks_apply`);
 2. compute the loss on the concatenated representations, held as leaf tensors, and back-propagate only
@@ -180,7 +180,7 @@ def _worker_count(workers: int | None, seeded: bool, no_sync: Any, on_cpu: bool,
     if workers > 1 and not possible:
         why = ("chunks run concurrently for models on the CPU only (on a GPU they run one after another)"
                if not on_cpu else "the model's dropout is not seeded: pass model= and call "
-               "densekit.modeling.seeded_dropout.make_seedable(model) first (BERT-family models)" if not seeded
+               "densekit.modeling.seeded_dropout.make_seedable(model) first (BERT- and T5-family models)" if not seeded
                else "DDP/FSDP models (no_sync) run their chunks in turn")
         raise ConfigError(f"grad cache workers={workers} is not possible here: {why}; use workers=1.")
     return workers

@@ -270,7 +270,8 @@ class BiEncoderRetriever(torch.nn.Module):
     def save_sentence_transformers_config(self, directory: str | Path) -> bool:
         """Add the sentence-transformers files to a folder written by :meth:`save_pretrained`.
 
-        ``modules.json`` (Transformer -> Pooling -> Normalize when the encoder normalizes),
+        ``modules.json`` (Transformer -> Pooling -> Dense when the encoder has a projection head -> Normalize
+        when it normalizes),
         ``1_Pooling/config.json``, ``sentence_bert_config.json`` and, when prefixes are set,
         ``config_sentence_transformers.json`` with ``query`` / ``document`` prompts. Then
         ``SentenceTransformer(directory)`` computes the same embeddings. Only for ``cls`` and ``mean``
@@ -294,12 +295,19 @@ class BiEncoderRetriever(torch.nn.Module):
                 json.dump(value, handle, indent=2)
                 handle.write("\n")
 
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        modules = [{"name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        head = getattr(self.encoder, "projection", None)
+        if head is not None:  # between Pooling and Normalize, as densekit applies it
+            from densekit.modeling.projection import write_st_dense
+
+            modules.append(write_st_dense(head, directory, subfolder=f"{len(modules)}_Dense"))
         if getattr(self.encoder, "normalize", False):
-            (directory / "2_Normalize").mkdir(exist_ok=True)
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+            (directory / f"{len(modules)}_Normalize").mkdir(exist_ok=True)
+            modules.append({"name": str(len(modules)), "path": f"{len(modules)}_Normalize",
                             "type": "sentence_transformers.models.Normalize"})
+        modules = [{"idx": idx, **module, "name": str(idx)} for idx, module in enumerate(modules)]
+        normalized = modules[-1]["type"].endswith("Normalize")
         write("1_Pooling/config.json", {
             "word_embedding_dimension": dim, "pooling_mode_cls_token": pooling == "cls",
             "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
@@ -310,8 +318,7 @@ class BiEncoderRetriever(torch.nn.Module):
         prompts = {name: prefix for name, prefix in (("query", self.args.query_prefix),
                                                     ("document", self.args.passage_prefix)) if prefix}
         write("config_sentence_transformers.json", {"prompts": prompts, "default_prompt_name": None,
-                                                    "similarity_fn_name": "cosine" if modules[-1]["idx"] == 2
-                                                    else "dot"})
+                                                    "similarity_fn_name": "cosine" if normalized else "dot"})
         write("modules.json", modules)  # last: a folder with modules.json is complete
         return True
 
