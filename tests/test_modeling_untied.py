@@ -164,3 +164,37 @@ def test_lora_adapters_on_both_towers_train_and_reload(tiny_model_dir, tmp_path)
     q, p = embed(model, tokenizer)
     q2, p2 = embed(trainable, tokenizer)
     assert torch.allclose(q, q2, atol=1e-6) and torch.allclose(p, p2, atol=1e-6)
+
+
+def write_openmatch_head(folder, weight):
+    folder.mkdir(parents=True)
+    torch.save({"linear.weight": weight}, folder / "model.pt")
+    (folder / "config.json").write_text(json.dumps({"input_dim": weight.shape[1], "output_dim": weight.shape[0]}))
+
+
+def test_openmatch_untied_folder_with_linear_heads_loads_each_tower_with_its_head(tmp_path):
+    folder = tmp_path / "openmatch_untied"
+    build_tiny_bert(folder / "query_model", seed=1)
+    build_tiny_bert(folder / "passage_model", seed=2)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    heads = {"query": torch.randn(8, 32), "passage": torch.randn(8, 32)}
+    write_openmatch_head(folder / "head_q", heads["query"])
+    write_openmatch_head(folder / "head_p", heads["passage"])
+    model = BiEncoderRetriever.from_pretrained(folder, pooling="cls")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    q, p = embed(model, tokenizer)
+    for kind, vectors, texts in (("query", q, QUERIES), ("passage", p, PASSAGES)):
+        bare = BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=str(folder / f"{kind}_model"),
+                                                                 pooling="cls", fast_inference=False))
+        bare.tower(kind).projection = None  # the tower alone, without the head OpenMatch keeps beside it
+        bare.eval()
+        with torch.no_grad():
+            pooled = bare.encode_query(dict(tokenizer(texts, padding=True, return_tensors="pt")))
+        assert vectors.shape[1] == 8
+        assert torch.allclose(vectors, pooled @ heads[kind].T, atol=1e-5)
+    # a tied OpenMatch folder whose two heads differ cannot be one shared encoder
+    tied = build_tiny_bert(tmp_path / "openmatch_tied")
+    write_openmatch_head(tied / "head_q", heads["query"])
+    write_openmatch_head(tied / "head_p", heads["passage"])
+    with pytest.raises(ConfigError, match="head_q and head_p differ"):
+        BiEncoderRetriever.from_pretrained(tied, pooling="cls")

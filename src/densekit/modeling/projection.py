@@ -68,6 +68,46 @@ def read_projection_file(directory: str | Path) -> Optional[FoundHead]:
     return FoundHead(load_file(path, device="cpu"), str(path))
 
 
+#: OpenMatch's head folders (``--add_linear_head``): beside ``query_model/`` / ``passage_model/`` when untied,
+#: inside the model folder when tied.
+OPENMATCH_HEADS = {"query_model": "head_q", "passage_model": "head_p"}
+
+
+def read_openmatch_head(model_folder: str | Path) -> Optional[FoundHead]:
+    """The OpenMatch linear head of a model folder, or None when it has none.
+
+    OpenMatch saves ``head_q/`` and ``head_p/`` (``config.json`` with ``input_dim`` / ``output_dim`` and
+    ``model.pt``, a state dict with ``linear.weight``: a Linear without bias) next to the towers of an untied
+    model, or inside the folder of a tied one. ``model.pt`` is read with ``weights_only=True`` (no pickled
+    code). A tied folder whose two heads differ cannot be one shared encoder: a ConfigError, not half a model.
+    """
+    folder = Path(model_folder)
+    own = OPENMATCH_HEADS.get(folder.name)
+    candidates = [folder.parent / own] if own else [folder / "head_q", folder / "head_p"]
+    found = [_read_openmatch_head_folder(c) for c in candidates if c.is_dir()]
+    if not found:
+        return None
+    if len(found) == 2 and not all(torch.equal(found[0].state[k], found[1].state.get(k, torch.empty(0)))
+                                   for k in found[0].state):
+        raise ConfigError(f"{folder}: OpenMatch's head_q and head_p differ, but the model is one shared encoder; "
+                          "densekit cannot give queries and passages different heads on one tower. Save the model "
+                          "untied (query_model/ and passage_model/) to use both heads.")
+    return found[0]
+
+
+def _read_openmatch_head_folder(folder: Path) -> FoundHead:
+    weights = folder / "model.pt"
+    if not weights.is_file():
+        raise ConfigError(f"{folder}: an OpenMatch head folder without model.pt; restore it from the checkpoint, "
+                          "or remove the folder to load the model without its head.")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure: the file is not a plain state dict
+        raise ConfigError(f"{weights}: not a plain tensor state dict ({err}); densekit reads OpenMatch heads "
+                          "with weights_only=True.") from None
+    return FoundHead({k.removeprefix("linear."): v for k, v in dict(state).items()}, f"{weights} (OpenMatch head)")
+
+
 def read_st_dense(dense: DenseModule) -> FoundHead:
     """The weights of a sentence-transformers ``Dense`` module (``linear.weight`` / ``linear.bias`` in its
     ``model.safetensors``, or in ``pytorch_model.bin`` for older saves), checked against its config."""

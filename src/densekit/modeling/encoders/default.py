@@ -23,8 +23,8 @@ from densekit.modeling.encoders.base import PretrainedEncoder, read_densekit_con
 from densekit.modeling.encoding_spec import NO_LIMIT
 from densekit.modeling.fast_inference import accelerate_for_inference
 from densekit.modeling.model_args import POOLING_CHOICES, ModelArguments
-from densekit.modeling.projection import (PROJECTION_FILE, FoundHead, read_projection_file, read_st_dense,
-                                          resolve_head, save_projection)
+from densekit.modeling.projection import (PROJECTION_FILE, FoundHead, read_openmatch_head, read_projection_file,
+                                          read_st_dense, resolve_head, save_projection)
 from densekit.modeling.st_config import read_st_defaults
 
 
@@ -240,7 +240,8 @@ class DefaultEncoder(PretrainedEncoder):
 def _projection_head(path: str, args: ModelArguments, architecture_head: Optional[FoundHead], defaults: Any,
                      model: torch.nn.Module) -> Optional[torch.nn.Linear]:
     """The encoder's projection head: the folder's (densekit's file, else the architecture's, e.g. DPR's
-    ``encode_proj``, else a sentence-transformers Dense module), a new one of ``args.projection_dim``, or None.
+    ``encode_proj``, else a sentence-transformers Dense module, else OpenMatch's ``head_q`` / ``head_p``), a new
+    one of ``args.projection_dim``, or None.
 
     A folder whose ``densekit_config.json`` records a head it does not hold is refused: a new random head in
     its place would change every vector of a trained model.
@@ -252,7 +253,8 @@ def _projection_head(path: str, args: ModelArguments, architecture_head: Optiona
             raise ConfigError(f"{path}: densekit_config.json records a {saved['projection_dim']}-dimensional "
                               f"projection head but {PROJECTION_FILE} is missing; the checkpoint is incomplete. "
                               "Copy the file from where the model was trained, or save the model again.")
-        found = architecture_head or (read_st_dense(defaults.dense) if defaults.dense is not None else None)
+        found = architecture_head or (read_st_dense(defaults.dense) if defaults.dense is not None else None) \
+            or read_openmatch_head(path)
     hidden_size = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
     head = resolve_head(path, args.projection_dim, int(hidden_size), found)
     if head is not None:
