@@ -97,9 +97,9 @@ def retrieve(out: Path, splits: list[str], depth: int, limit: int | None) -> Non
 
 def densekit(args: list[str], log: Path, time_limit: float | None = None) -> tuple[float, bool]:
     """Run ``nice -n 10 densekit ...`` (one heavy job at a time on a shared machine) with its output in ``log``;
-    returns ``(wall seconds, stopped)``. With ``time_limit`` (seconds) a run still going then is interrupted
-    (SIGINT to that process only) and ``stopped`` is True: DPR trains its reader with a constant learning rate
-    and is "stopped manually", which this does on the clock."""
+    returns ``(wall seconds, stopped)``. With ``time_limit`` (seconds) a run still going then is ended (SIGTERM
+    to that process only: SIGINT is ignored by a job started in the background) and ``stopped`` is True: DPR
+    trains its reader with a constant learning rate and is "stopped manually", which this does on the clock."""
     import signal
 
     command = ["nice", "-n", "10", sys.executable, "-m", "densekit.cli.main", *args]
@@ -112,7 +112,7 @@ def densekit(args: list[str], log: Path, time_limit: float | None = None) -> tup
             code = process.wait(timeout=time_limit)
         except subprocess.TimeoutExpired:
             stopped = True
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
             try:
                 code = process.wait(timeout=120)
             except subprocess.TimeoutExpired:
@@ -157,6 +157,15 @@ def gold_results(out: Path, dev_results: Path) -> Path:
     return path
 
 
+def checkpoint_before(folder: Path, deadline: float) -> Path:
+    """The newest complete ``checkpoint-N`` of ``folder`` written before ``deadline`` (a time.time() value)."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+            and (p / "trainer_state.json").stat().st_mtime <= deadline]
+    if not done:
+        raise SystemExit(f"no checkpoint in {folder} was written within the time limit")
+    return max(done, key=lambda p: int(p.name.split("-")[1]))
+
+
 def stage_train(out: Path, rest: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench_squad_reader.py train")
     parser.add_argument("--train_results", default=None, help="default: /tmp/qa13/train_results.json if present, "
@@ -176,6 +185,7 @@ def stage_train(out: Path, rest: list[str]) -> None:
         Path("/tmp/qa13/train_results.json") if Path("/tmp/qa13/train_results.json").is_file()
         else out / "train_results.json")
     train_file = subset(source, out / "train_subset.json", args.questions, args.seed, depth=30)
+    started = time.time()
     seconds, stopped = densekit([
         "reader", "train", "--model_name_or_path", minilm(), "--train_file", str(train_file),
         "--gold_passages", str(SQUAD / "retriever" / "train.json"), "--output_dir", str(out / "reader"),
@@ -183,13 +193,11 @@ def stage_train(out: Path, rest: list[str]) -> None:
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
         "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "10", "--num_train_epochs", "1",
         "--max_steps", str(args.max_steps), "--logging_steps", "5", "--save_steps", str(args.save_steps),
-        "--save_total_limit", "2", "--seed", str(args.seed), "--disable_tqdm", "true",
+        "--save_total_limit", "3", "--seed", str(args.seed), "--disable_tqdm", "true",
         "--dataloader_num_workers", "0"], out / "train.log", time_limit=args.time_limit_minutes * 60)
     reader = out / "reader"
     if stopped:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        reader = Path(get_last_checkpoint(str(out / "reader")))
+        reader = checkpoint_before(out / "reader", started + args.time_limit_minutes * 60)
     (out / "reader_path.txt").write_text(str(reader), encoding="utf-8")
     print(f"train: {source} ({args.questions or 'all'} questions), {seconds / 60:.1f} min; reader: {reader}")
 

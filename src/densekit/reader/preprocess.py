@@ -210,7 +210,9 @@ class _PassageTable:
         for lo in tqdm(range(0, len(self.items), batch), desc="tokenize passages", unit="batch",
                        disable=not show_progress):
             chunk = self.items[lo:lo + batch]
-            texts = tokenizer([c.text for c in chunk], add_special_tokens=False, return_offsets_mapping=True)
+            # verbose=False: passages longer than the model's limit are expected (truncated per sequence later)
+            texts = tokenizer([c.text for c in chunk], add_special_tokens=False, return_offsets_mapping=True,
+                              verbose=False)
             titles = tokenizer([c.title for c in chunk], add_special_tokens=False)
             for j, ctx in enumerate(chunk):
                 words = texts.word_ids(j)
