@@ -7,8 +7,7 @@ in the encoder picked by ``ModelArguments.encoder_class`` (see :mod:`densekit.mo
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,8 +15,9 @@ import torch
 
 from densekit import distributed
 from densekit.errors import ConfigError
-from densekit.modeling.encoders import PretrainedEncoder, read_densekit_config
-from densekit.modeling.encoders.two_tower import TwoTowerEncoder, check_same_tokenizer, tower_args
+from densekit.modeling.encoders import PretrainedEncoder
+from densekit.modeling.encoders.base import with_saved_defaults
+from densekit.modeling.encoders.two_tower import TwoTowerEncoder
 from densekit.modeling.losses import RetrievalLoss
 from densekit.modeling.losses.false_negatives import false_negative_mask
 from densekit.modeling.model_args import ModelArguments
@@ -68,13 +68,7 @@ class BiEncoderRetriever(torch.nn.Module):
         if args.use_peft:
             _require_peft()
         if args.untied:
-            towers = {}
-            for kind in ("query", "passage"):
-                own = with_saved_defaults(tower_args(args, kind))
-                towers[kind] = PretrainedEncoder.find(own.encoder_class)(own, **kwargs)
-            if args.query_model_name_or_path and args.passage_model_name_or_path:
-                check_same_tokenizer(args.query_model_name_or_path, args.passage_model_name_or_path)
-            encoder: PretrainedEncoder = TwoTowerEncoder(args, towers["query"], towers["passage"])
+            encoder: PretrainedEncoder = TwoTowerEncoder(args, **kwargs)
         else:
             args = with_saved_defaults(args)
             encoder = PretrainedEncoder.find(args.encoder_class)(args, **kwargs)
@@ -328,22 +322,6 @@ def _towers(encoder: PretrainedEncoder) -> list[PretrainedEncoder]:
     """The distinct encoders inside ``encoder``: itself, or its query and passage towers."""
     towers = [encoder.tower("query"), encoder.tower("passage")]
     return towers[:1] if towers[0] is towers[1] else towers
-
-
-def with_saved_defaults(args: ModelArguments) -> ModelArguments:
-    """``args`` with the fields left at their defaults taken from the checkpoint's ``densekit_config.json``.
-
-    Why: ``densekit evaluate --model_name_or_path TRAINED`` must encode as training did (query prefix,
-    passage template, pooling, projection head) without the user repeating every option; an option given
-    explicitly still wins (one given with its default value cannot be told apart and yields to the file).
-    """
-    saved = read_densekit_config(args.model_name_or_path) if args.model_name_or_path else None
-    if not saved or saved.get("encoder_class") == TwoTowerEncoder.__name__:
-        return args
-    defaults = {f.name: f.default for f in fields(ModelArguments)}
-    updates = {key: value for key, value in saved.items()
-               if key in defaults and key != "model_name_or_path" and getattr(args, key) == defaults[key]}
-    return dataclasses.replace(args, **updates) if updates else args
 
 
 # ----------------------------------------------------------------------------------- false negatives

@@ -14,6 +14,7 @@ reloads as what it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import json
 from pathlib import Path
@@ -181,3 +182,19 @@ def read_densekit_config(directory: str | Path) -> Optional[dict[str, Any]]:
     if not path.is_file():
         return None
     return read_json(path, fix="save the checkpoint again with save_pretrained()")
+
+
+def with_saved_defaults(args: ModelArguments) -> ModelArguments:
+    """``args`` with the fields left at their defaults taken from the checkpoint's ``densekit_config.json``.
+
+    Why: ``densekit evaluate --model_name_or_path TRAINED`` must encode as training did (query prefix,
+    passage template, pooling, projection head) without the user repeating every option; an option given
+    explicitly still wins (one given with its default value cannot be told apart and yields to the file).
+    """
+    saved = read_densekit_config(args.model_name_or_path) if args.model_name_or_path else None
+    if not saved or saved.get("encoder_class") == "TwoTowerEncoder":  # its towers carry their own configs
+        return args
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelArguments)}
+    updates = {key: value for key, value in saved.items()
+               if key in defaults and key != "model_name_or_path" and getattr(args, key) == defaults[key]}
+    return dataclasses.replace(args, **updates) if updates else args

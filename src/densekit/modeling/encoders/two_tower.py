@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 
 from densekit.errors import ConfigError
-from densekit.modeling.encoders.base import DENSEKIT_CONFIG_NAME, PretrainedEncoder
+from densekit.modeling.encoders.base import DENSEKIT_CONFIG_NAME, PretrainedEncoder, with_saved_defaults
 from densekit.modeling.model_args import TOWER_DIRS, ModelArguments, has_tokenizer_files
 
 
@@ -37,6 +37,13 @@ def tower_args(args: ModelArguments, kind: str) -> ModelArguments:
                                encoder_class=encoder_class)
 
 
+def build_tower(args: ModelArguments, kind: str, **kwargs: Any) -> PretrainedEncoder:
+    """The ``kind`` tower: the encoder class of its arguments, built from its own checkpoint folder (whose
+    densekit_config.json fills the arguments left at their defaults)."""
+    own = with_saved_defaults(tower_args(args, kind))
+    return PretrainedEncoder.find(own.encoder_class)(own, **kwargs)
+
+
 class TwoTowerEncoder(PretrainedEncoder):
     """A query tower and a passage tower; ``tower(kind)`` says which embeds what."""
 
@@ -46,9 +53,9 @@ class TwoTowerEncoder(PretrainedEncoder):
                  passage_encoder: Optional[PretrainedEncoder] = None, **kwargs: Any) -> None:
         super().__init__(args)
         if query_encoder is None or passage_encoder is None:
-            query_encoder, passage_encoder = (
-                PretrainedEncoder.find(tower_args(args, kind).encoder_class)(tower_args(args, kind), **kwargs)
-                for kind in ("query", "passage"))
+            query_encoder, passage_encoder = (build_tower(args, kind, **kwargs) for kind in ("query", "passage"))
+            if args.query_model_name_or_path and args.passage_model_name_or_path:
+                check_same_tokenizer(args.query_model_name_or_path, args.passage_model_name_or_path)
         if query_encoder.append_eos_token != passage_encoder.append_eos_token:
             raise ConfigError("the query and passage towers disagree on whether inputs end with eos (last-token "
                               "pooling on one side only); both towers must use the same pooling family.")
