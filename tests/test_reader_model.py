@@ -28,17 +28,17 @@ def assert_same_logits(a: dict, b, atol: float = 1e-5) -> None:
         torch.testing.assert_close(a[key], get(b, key), atol=atol, rtol=0)
 
 
-def make_trainer(tiny_model_dir, tmp_path, output, max_steps=6, save_steps=3, seed=0):
+def make_trainer(tiny_model_dir, tmp_path, output, max_steps=6, save_steps=3, seed=0, **overrides):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     data, _ = preprocess(write_results(tmp_path / "train.json", results_entries(8)), tokenizer,
                          PreprocessSettings(sequence_length=64, is_train=True), cache_dir=tmp_path / "cache")
     model = ReaderModel.from_pretrained(tiny_model_dir, seed=seed)
     dataset = ReaderTrainDataset(data, tokenizer, passages_per_question=3, seed=seed)
     collator = ReaderCollator(pad_token_id=tokenizer.pad_token_id, passages_per_question=3)
-    args = ReaderTrainingArguments(output_dir=str(output), max_steps=max_steps, save_steps=save_steps,
-                                   per_device_train_batch_size=2, learning_rate=2e-3, warmup_steps=0,
-                                   lr_scheduler_type="constant", logging_steps=1, use_cpu=True, seed=seed,
-                                   disable_tqdm=True, dataloader_num_workers=0)
+    args = ReaderTrainingArguments(**{
+        "output_dir": str(output), "max_steps": max_steps, "save_steps": save_steps, "per_device_train_batch_size": 2,
+        "learning_rate": 2e-3, "warmup_steps": 0, "lr_scheduler_type": "constant", "logging_steps": 1,
+        "use_cpu": True, "seed": seed, "disable_tqdm": True, "dataloader_num_workers": 0, **overrides})
     trainer = ReaderTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                             processing_class=tokenizer, reader_metadata={"sequence_length": 64})
     return trainer, dataset, collator
@@ -126,3 +126,21 @@ def test_non_bert_encoder_saves_densekit_layout(tmp_path):
     with torch.no_grad():
         assert_same_logits(ReaderModel.from_pretrained(tmp_path / "roberta_reader").eval()(**inputs), model(**inputs),
                            atol=0)
+
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback of mixed precision")
+def test_bf16_trains_on_cpu_and_fp16_is_refused_with_what_to_do(tiny_model_dir, tmp_path):
+    """``--bf16`` alone runs as CPU autocast (transformers refuses it without a GPU unless use_cpu is set), and
+    its loss stays close to the float32 run's; ``--fp16`` without CUDA is a ConfigError naming ``--bf16``."""
+    from densekit.errors import ConfigError
+
+    losses = {}
+    for bf16 in (False, True):
+        trainer, _, _ = make_trainer(tiny_model_dir, tmp_path, tmp_path / f"bf16_{bf16}", max_steps=3, save_steps=3,
+                                     bf16=bf16, use_cpu=False)
+        assert trainer.args.bf16 == bf16 and (trainer.args.use_cpu or not bf16)
+        losses[bf16] = trainer.train().training_loss
+    assert losses[True] != losses[False] and abs(losses[True] - losses[False]) < 0.05 * losses[False], losses
+    with pytest.raises(ConfigError, match="bf16"):
+        ReaderTrainingArguments(output_dir=str(tmp_path / "fp16"), fp16=True)

@@ -7,7 +7,8 @@ larger one's, so one forward pass over the first ``max(k)`` passages (at most ``
 serves every setting. Exact Match is SQuAD's (densekit.qa.answers.exact_match), token F1 is reported beside it.
 
 Outputs (``output_dir``): ``predictions.json`` (per question: question, answers, and per k the prediction, its
-passage id and rank, the selection logit and span score, EM), ``metrics.json`` and ``report.md``.
+passage id and rank, the selection logit and span score, EM), ``metrics.json`` (EM@k and F1@k under
+``aggregate``, as in every densekit metrics.json, then counts and run info) and ``report.md``.
 """
 from __future__ import annotations
 
@@ -138,8 +139,10 @@ def write_outputs(output_dir: str | Path, predictions: list[dict], metrics: dict
     output_dir = Path(output_dir)
     with atomic_write(output_dir / "predictions.json") as handle:
         json.dump(predictions, handle, ensure_ascii=False, indent=1)
-    with atomic_write(output_dir / "metrics.json") as handle:
-        json.dump({**metrics, "info": info}, handle, indent=1)
+    scores = {name: value for name, value in metrics.items() if name.startswith(("EM@", "F1@"))}
+    counts = {name: value for name, value in metrics.items() if name not in scores}
+    with atomic_write(output_dir / "metrics.json") as handle:  # "aggregate" as in every densekit metrics.json
+        json.dump({"aggregate": scores, **counts, "info": info}, handle, indent=1)
     ks = sorted(int(name.split("@")[1]) for name in metrics if name.startswith("EM@"))
     lines = ["# Reader predictions", "",
              f"Results file: `{info.get('results_file')}`; reader: `{info.get('model')}`; "

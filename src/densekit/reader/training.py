@@ -22,6 +22,7 @@ from transformers import Trainer, TrainingArguments
 from densekit.errors import ConfigError
 from densekit.reader.model import ReaderModel
 from densekit.reader.preprocess import ReaderData, build_sequence
+from densekit.training.training_args import adapt_to_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class ReaderTrainingArguments(TrainingArguments):
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint folder (output_dir/checkpoint-N) to continue from, or true for "
                                         "the latest checkpoint in output_dir."})
+
+    def __post_init__(self) -> None:
+        adapt_to_cpu(self)
+        super().__post_init__()
 
 
 class ReaderTrainDataset(torch.utils.data.Dataset):
