@@ -40,6 +40,10 @@ def test_train_then_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
         for k, chosen in entry["predictions"].items():
             assert chosen["passage_rank"] < int(k)
             assert len(chosen["prediction"].split()) <= 4
+            read = entry["passages"][:int(k)]  # every passage read is listed; the chosen has the top logit
+            assert chosen["relevance"] == max(p["relevance"] for p in read)
+            assert read[chosen["passage_rank"]]["prediction"] == chosen["prediction"]
+        assert [p["rank"] for p in entry["passages"]] == [0, 1, 2]
     report = (preds / "report.md").read_text()
     assert "| 1 |" in report and "| 3 |" in report
     # the prediction of a settled run is reproducible

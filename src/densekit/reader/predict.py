@@ -7,13 +7,15 @@ larger one's, so one forward pass over the first ``max(k)`` passages (at most ``
 serves every setting. Exact Match is SQuAD's (densekit.qa.answers.exact_match), token F1 is reported beside it.
 
 Outputs (``output_dir``): ``predictions.json`` (per question: question, answers, and per k the prediction, its
-passage id and rank, the selection logit and span score, EM), ``metrics.json`` (EM@k and F1@k under
+passage id and rank, the selection logit and span score, EM; and every passage read, with its selection logit,
+best span and span score, to see why a passage won), ``metrics.json`` (EM@k and F1@k under
 ``aggregate``, as in every densekit metrics.json, then counts and run info) and ``report.md``.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +89,11 @@ def read_passages(model: ReaderModel, tokenizer: Any, data: ReaderData, *, batch
     return readings
 
 
+def finite(value: float) -> Optional[float]:
+    """``value``, or None for the -inf of a passage without a span (JSON has no infinity)."""
+    return value if math.isfinite(value) else None
+
+
 def choose(readings: Sequence[PassageReading], k: int) -> Optional[PassageReading]:
     """The reading with the highest selection logit among the first ``k`` passages (earliest on ties)."""
     best = None
@@ -107,7 +114,10 @@ def score_predictions(data: ReaderData, readings: Sequence[Sequence[PassageReadi
     f1 = {k: 0.0 for k in top_docs}
     scored = 0
     for question, question_readings in zip(data.questions, readings):
-        entry: dict[str, Any] = {"question": question.question, "answers": question.answers, "predictions": {}}
+        entry: dict[str, Any] = {"question": question.question, "answers": question.answers, "predictions": {},
+                                 "passages": [{"rank": r.rank, "passage_id": r.passage_id, "relevance": r.relevance,
+                                               "span_score": finite(r.span_score), "prediction": r.text}
+                                              for r in question_readings]}
         has_answers = bool(question.answers)
         scored += has_answers
         for k in top_docs:
@@ -118,7 +128,7 @@ def score_predictions(data: ReaderData, readings: Sequence[Sequence[PassageReadi
                 "prediction": text, "passage_id": chosen.passage_id if chosen else None,
                 "passage_rank": chosen.rank if chosen else None,
                 "relevance": chosen.relevance if chosen else None,
-                "span_score": chosen.span_score if chosen else None, "exact_match": hit}
+                "span_score": finite(chosen.span_score) if chosen else None, "exact_match": hit}
             if has_answers:
                 em[k] += float(hit)
                 f1[k] += f1_score(text, question.answers)
