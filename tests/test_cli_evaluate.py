@@ -98,7 +98,10 @@ def test_demo_picks_the_stage1_recipe_from_the_training_judgments(tmp_path):
     many = write_beir(tmp_path / "many", split="train")  # 2 judged positives per query
     demo = DemoArguments(dataset=str(many))
     assert resolve_recipe(demo, many) == "multi_positive"
-    assert (demo.epochs, demo.batch_size, demo.learning_rate) == (1.0, 64, 2e-5)
+    assert (demo.epochs, demo.batch_size, demo.learning_rate) == (2.0, 64, 5e-5)
+    builtin = DemoArguments()  # the built-in collection keeps the stage 1 its 10-minute figure was measured with
+    assert resolve_recipe(builtin, many) == "multi_positive"
+    assert (builtin.epochs, builtin.batch_size, builtin.learning_rate) == (1.0, 64, 2e-5)
     one = write_beir(tmp_path / "one", split="dev")
     (one / "qrels" / "train.tsv").write_text(
         "query-id\tcorpus-id\tscore\nq-cats\tcats-0\t1\nq-dogs\tdogs-0\t1\nq-rain\train-0\t1\n", encoding="utf-8")
