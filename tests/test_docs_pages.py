@@ -195,11 +195,11 @@ def test_page_commands_run_as_printed(page, model, request, tmp_path):
     loads its encoder) and OpenMatch's "Title: <title> Text: <text>" passage template. Seed 002 (gc_dpr.md:
     untied retriever with the gradient cache -> encode shards -> search -> answer validation -> answer-aware
     negatives -> reader train -> reader predict with EM) runs on a slice of SQuAD, the others on SciFact."""
-    scifact_slice = request.getfixturevalue("squad_slice" if page == "gc_dpr.md" else "scifact_slice")
+    data_slice = request.getfixturevalue("squad_slice" if page == "gc_dpr.md" else "scifact_slice")
     steps = page_steps((DOCS / page).read_text(encoding="utf-8"))
     assert len(steps) >= 4, f"{page}: expected the settings block and several densekit steps"
-    model_path = minilm_path() if model == "minilm" else tiny_t5(tmp_path / "tiny-t5", scifact_slice)
-    env = {**os.environ, **SMALL, "DATA": str(scifact_slice), "MODEL": model_path, "OUT": "out",
+    model_path = minilm_path() if model == "minilm" else tiny_t5(tmp_path / "tiny-t5", data_slice)
+    env = {**os.environ, **SMALL, "DATA": str(data_slice), "MODEL": model_path, "OUT": "out",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     script = "".join(f'echo "### {page}:{line}"\n{code}\n' for line, code, _ in steps)
     began = time.perf_counter()

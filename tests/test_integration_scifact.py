@@ -72,7 +72,7 @@ def test_evaluate_then_mine_on_scifact_encodes_the_corpus_once(scifact_dir, mini
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
 
     def evaluator(split: str, out: str, **kw) -> RetrievalEvaluator:
-        # 128-token passages: the test is about the shared cache, and half the model's 256 halves its time
+        # 128-token passages (the model's own is 256): the test is about the shared cache, and shorter is faster
         dataset = MultiLevelDataset(DataArguments(passage_max_len=128), MaterializedQRelConfig(
             qrel_path=scifact_dir / "qrels" / f"{split}.tsv", corpus_path=scifact_dir / "corpus.jsonl",
             query_path=scifact_dir / "queries.jsonl", min_score=1), format_query=model.format_query,

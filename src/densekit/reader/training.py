@@ -30,9 +30,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ReaderTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with the reader's defaults: batches are built by the collator from whole
-    questions (``remove_unused_columns=False``), no tracker unless asked (``report_to="none"``), no pinned
-    memory unless asked (it only helps on a GPU), and
-    ``--resume_from_checkpoint`` (a folder, or ``true`` for the latest checkpoint in ``output_dir``)."""
+    questions (``remove_unused_columns=False``), no tracker unless asked (``report_to="none"``),
+    ``--resume_from_checkpoint`` (a folder, or ``true`` for the latest checkpoint in ``output_dir``), and the
+    retriever's CPU handling (:func:`densekit.training.training_args.adapt_to_cpu`: no pinned memory, bf16 as
+    CPU autocast, fp16 refused)."""
 
     output_dir: str = field(default="./densekit_reader", metadata={"help": "Where checkpoints and the model go."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: batches are the collator's."})
@@ -41,7 +42,6 @@ class ReaderTrainingArguments(TrainingArguments):
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Questions per batch (each with "
                                                                           "passages_per_question sequences)."})
     learning_rate: float = field(default=3e-5, metadata={"help": "Peak learning rate."})
-    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin batches in memory (GPU only)."})
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint folder (output_dir/checkpoint-N) to continue from, or true for "
                                         "the latest checkpoint in output_dir."})
