@@ -31,6 +31,12 @@ def tiny_t5_dropout_dir(tmp_path_factory):
     return build_tiny_t5(tmp_path_factory.mktemp("t5_dropout"), dropout=0.1)
 
 
+@pytest.fixture(scope="module")
+def tiny_umt5_dropout_dir(tmp_path_factory):
+    """umT5: a relative position bias computed in every layer (T5 and mT5 compute it once)."""
+    return build_tiny_t5(tmp_path_factory.mktemp("umt5_dropout"), dropout=0.1, family="umt5")
+
+
 def batch(rows, seed, vocab, length=8):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, vocab, (rows, length), generator=g)
@@ -69,10 +75,11 @@ def cached_step(model, queries, passages, loss_fn, **kw):
 
 
 def models():
-    return {"t5": (t5_retriever, "tiny_t5_dropout_dir", 100), "untied": (untied_retriever, "tiny_dropout_model_dir", 5000)}
+    return {"t5": (t5_retriever, "tiny_t5_dropout_dir", 100), "umt5": (t5_retriever, "tiny_umt5_dropout_dir", 100),
+            "untied": (untied_retriever, "tiny_dropout_model_dir", 5000)}
 
 
-@pytest.mark.parametrize("name", ["t5", "untied"])
+@pytest.mark.parametrize("name", ["t5", "umt5", "untied"])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_seeded_cached_step_equals_one_full_batch_step_with_dropout(name, workers, request):
     build, fixture, vocab = models()[name]
@@ -116,7 +123,7 @@ def test_rng_replay_cached_step_equals_full_batch_step_with_dropout(name, reques
 
 
 def _assert_every_part_trained(name, grads):
-    if name == "t5":  # the encoder and the projection head get gradients, and no decoder exists
+    if name in ("t5", "umt5"):  # the encoder and the projection head get gradients, and no decoder exists
         assert any(n.startswith("encoder.projection.") for n in grads)
         assert not any("decoder" in n for n in grads)
     else:  # both towers, separately

@@ -164,6 +164,43 @@ def test_fast_inference_path_is_taken_for_t5_and_equals_the_plain_forward(t5_dir
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["mt5", "umt5"])
+def test_mt5_and_umt5_load_their_encoder_pool_like_by_hand_take_the_fast_path_and_reload(family, tmp_path,
+                                                                                          monkeypatch):
+    """mT5 and umT5 (a position bias in every layer) checkpoints go the T5 way: their own encoder-only class,
+    mean pooling equal to transformers' encoder by hand, the chunked fast path equal to the plain forward, and a
+    saved model that reloads to the same vectors."""
+    import transformers
+    from densekit.modeling import fast_inference
+
+    folder = build_tiny_t5(tmp_path / family, family=family, seed=4)
+    encoder_class = {"mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[family]
+    model = load(folder)
+    assert type(model.encoder.model).__name__ == encoder_class
+    batch = dict(tokenize(folder, TEXTS * 3))
+    with torch.inference_mode():
+        hidden = getattr(transformers, encoder_class).from_pretrained(str(folder)).eval()(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        expected = (hidden * mask).sum(1) / mask.sum(1)
+        calls = []
+        real = fast_inference.ChunkedParallelForward.__call__
+        monkeypatch.setattr(fast_inference.ChunkedParallelForward, "__call__",
+                            lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+        torch.set_num_threads(2)  # restored by conftest's one_torch_thread
+        fast = model.encode_passage(batch)
+        assert calls, "the fast inference path was not taken"
+        model.encoder.fast_inference = False
+        plain = model.encode_passage(batch)
+    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
+    model.save_pretrained(tmp_path / "saved", tokenizer=AutoTokenizer.from_pretrained(str(folder)))
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == [encoder_class]
+    reloaded = BiEncoderRetriever.from_pretrained(tmp_path / "saved").eval()
+    reloaded.encoder.fast_inference = False
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded.encode_passage(batch), plain, atol=0, rtol=0)
+
+
 def test_lora_t5_saved_as_adapters_reloads_onto_the_encoder(t5_dir, tmp_path):
     """A LoRA folder names its base (the full T5): the base goes through the same encoder-only loading and the
     adapters are loaded into it (AutoModel would build the encoder-decoder, where they do not fit)."""

@@ -34,19 +34,24 @@ def make_tokenizer(directory: Path, tokenizer_class: str = "BertTokenizer"):
         return getattr(transformers, tokenizer_class)(vocab=str(write_vocab(Path(scratch) / "vocab.txt")))
 
 
-def build_tiny_t5(directory: Path, *, dropout: float = 0.0, seed: int = 0, full: bool = True) -> Path:
+def build_tiny_t5(directory: Path, *, dropout: float = 0.0, seed: int = 0, full: bool = True,
+                  family: str = "t5") -> Path:
     """A 2-layer, 16-wide T5 saved as ``T5ForConditionalGeneration`` (``full``: encoder and decoder, as the
-    hub's t5-base is) or as ``T5EncoderModel``, with the tiny tokenizer."""
+    hub's t5-base is) or as ``T5EncoderModel``, with the tiny tokenizer. ``family`` "mt5" or "umt5" builds the
+    same model as mT5 / umT5 (umT5: a relative position bias in every layer, not only the first)."""
     import torch
-    from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+    import transformers
 
+    prefix = {"t5": "T5", "mt5": "MT5", "umt5": "UMT5"}[family]
+    config_class = getattr(transformers, f"{prefix}Config")
+    model_class = getattr(transformers, f"{prefix}ForConditionalGeneration" if full else f"{prefix}EncoderModel")
     tokenizer = make_tokenizer(directory)
-    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=1,
-                      num_heads=2, dropout_rate=dropout, relative_attention_num_buckets=8,
-                      relative_attention_max_distance=16, pad_token_id=tokenizer.pad_token_id,
-                      decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = config_class(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2,
+                          num_decoder_layers=1, num_heads=2, dropout_rate=dropout, relative_attention_num_buckets=8,
+                          relative_attention_max_distance=16, pad_token_id=tokenizer.pad_token_id,
+                          decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
     torch.manual_seed(seed)
-    (T5ForConditionalGeneration if full else T5EncoderModel)(config).save_pretrained(directory)
+    model_class(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
