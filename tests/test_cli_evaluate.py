@@ -98,18 +98,20 @@ def test_demo_picks_the_stage1_recipe_from_the_training_judgments(tmp_path):
     many = write_beir(tmp_path / "many", split="train")  # 2 judged positives per query
     demo = DemoArguments(dataset=str(many))
     assert resolve_recipe(demo, many) == "multi_positive"
-    assert (demo.epochs, demo.batch_size, demo.learning_rate) == (2.0, 64, 5e-5)
+    assert (demo.epochs, demo.batch_size, demo.learning_rate, demo.train_passage_max_len) == (2.0, 64, 5e-5, 256)
     builtin = DemoArguments()  # the built-in collection keeps the stage 1 its 10-minute figure was measured with
     assert resolve_recipe(builtin, many) == "multi_positive"
-    assert (builtin.epochs, builtin.batch_size, builtin.learning_rate) == (1.0, 64, 2e-5)
+    assert (builtin.epochs, builtin.batch_size, builtin.learning_rate, builtin.train_passage_max_len) == (
+        1.0, 64, 2e-5, 128)
     one = write_beir(tmp_path / "one", split="dev")
     (one / "qrels" / "train.tsv").write_text(
         "query-id\tcorpus-id\tscore\nq-cats\tcats-0\t1\nq-dogs\tdogs-0\t1\nq-rain\train-0\t1\n", encoding="utf-8")
     demo = DemoArguments(dataset=str(one), learning_rate=1e-4)
     assert resolve_recipe(demo, one) == "mined"
-    assert (demo.epochs, demo.batch_size, demo.learning_rate) == (3.0, 32, 1e-4)
-    demo = DemoArguments(dataset=str(one), stage1_recipe="multi_positive")
+    assert (demo.epochs, demo.batch_size, demo.learning_rate, demo.train_passage_max_len) == (3.0, 32, 1e-4, 128)
+    demo = DemoArguments(dataset=str(one), stage1_recipe="multi_positive", train_passage_max_len=160)
     assert resolve_recipe(demo, one) == "multi_positive" and demo.batch_size == 64
+    assert demo.train_passage_max_len == 160  # given on the command line: kept
 
 
 def test_demo_mined_recipe_trains_stage1_on_negatives_mined_with_the_base_model(tiny_model_dir, tmp_path, capsys):
