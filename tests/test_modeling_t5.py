@@ -9,13 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, T5EncoderModel
+import transformers
+from transformers import AutoTokenizer
 
 from densekit.errors import ConfigError
 from densekit.evaluation.encoding import encode_texts
 from densekit.modeling.model_args import ModelArguments
 from densekit.modeling.retriever import BiEncoderRetriever
-from tests.tiny_models import add_st_dense_normalize, build_tiny_t5, tokenize
+from tests.tiny_models import T5_FAMILIES, add_st_dense_normalize, build_tiny_t5, tokenize
 
 TEXTS = ["what are cats?", "how is bread baked", "the sun is a star of the solar system and rain falls from clouds"]
 
@@ -26,14 +27,20 @@ def t5_dir(tmp_path_factory):
     return build_tiny_t5(tmp_path_factory.mktemp("t5"))
 
 
+@pytest.fixture(scope="module", params=list(T5_FAMILIES))
+def family_dir(request, tmp_path_factory):
+    """(prefix, folder) of a full T5, mT5 or umT5 (encoder + decoder; umT5 has a position bias in every layer)."""
+    return T5_FAMILIES[request.param], build_tiny_t5(tmp_path_factory.mktemp(request.param), family=request.param)
+
+
 def load(path, **settings):
     return BiEncoderRetriever.from_model_args(ModelArguments(model_name_or_path=str(path), **settings)).eval()
 
 
-def by_hand(path):
-    """transformers' own T5EncoderModel and the token states of TEXTS."""
+def by_hand(path, prefix="T5"):
+    """transformers' own encoder-only model (T5EncoderModel, or the MT5/UMT5 one) and the token states of TEXTS."""
     batch = tokenize(path, TEXTS)
-    encoder = T5EncoderModel.from_pretrained(str(path)).eval()
+    encoder = getattr(transformers, f"{prefix}EncoderModel").from_pretrained(str(path)).eval()
     with torch.no_grad():
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     return batch, hidden
@@ -45,15 +52,16 @@ def densekit_vectors(model, path, kind="passage"):
                                          kind=kind, batch_size=2, show_progress=False))
 
 
-def test_encoder_decoder_checkpoint_loads_its_encoder_and_mean_pools_like_by_hand(t5_dir):
-    assert json.loads((t5_dir / "config.json").read_text())["architectures"] == ["T5ForConditionalGeneration"]
-    model = load(t5_dir)
-    assert type(model.encoder.model).__name__ == "T5EncoderModel" and model.encoder.pooling == "mean"
-    batch, hidden = by_hand(t5_dir)
+def test_encoder_decoder_checkpoint_loads_its_encoder_and_mean_pools_like_by_hand(family_dir):
+    prefix, folder = family_dir
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [f"{prefix}ForConditionalGeneration"]
+    model = load(folder)
+    assert type(model.encoder.model).__name__ == f"{prefix}EncoderModel" and model.encoder.pooling == "mean"
+    batch, hidden = by_hand(folder, prefix)
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = (hidden * mask).sum(1) / mask.sum(1)
     for kind in ("query", "passage"):
-        torch.testing.assert_close(densekit_vectors(model, t5_dir, kind), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(densekit_vectors(model, folder, kind), expected, atol=1e-6, rtol=0)
 
 
 def test_first_token_pooling(t5_dir):
@@ -61,11 +69,12 @@ def test_first_token_pooling(t5_dir):
     torch.testing.assert_close(densekit_vectors(load(t5_dir, pooling="cls"), t5_dir), hidden[:, 0], atol=1e-6, rtol=0)
 
 
-def test_saved_t5_reloads_as_what_it_was(t5_dir, tmp_path):
-    model = load(t5_dir, pooling="cls", projection_dim=6)
-    before = densekit_vectors(model, t5_dir)
-    model.save_pretrained(tmp_path / "saved", tokenizer=AutoTokenizer.from_pretrained(str(t5_dir)))
-    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == ["T5EncoderModel"]
+def test_saved_t5_reloads_as_what_it_was(family_dir, tmp_path):
+    prefix, folder = family_dir
+    model = load(folder, pooling="cls", projection_dim=6)
+    before = densekit_vectors(model, folder)
+    model.save_pretrained(tmp_path / "saved", tokenizer=AutoTokenizer.from_pretrained(str(folder)))
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == [f"{prefix}EncoderModel"]
     reloaded = BiEncoderRetriever.from_pretrained(tmp_path / "saved").eval()
     assert (reloaded.encoder.pooling, reloaded.encoder.projection.out_features) == ("cls", 6)
     torch.testing.assert_close(densekit_vectors(reloaded, tmp_path / "saved"), before, atol=0, rtol=0)
@@ -144,13 +153,15 @@ def test_other_encoder_decoders_load_their_get_encoder_and_reload_as_saved(tmp_p
                                    expected, atol=1e-6, rtol=0)
 
 
-def test_fast_inference_path_is_taken_for_t5_and_equals_the_plain_forward(t5_dir, monkeypatch):
-    """T5's positions are relative and padded keys masked: chunks trimmed to their own length are exact."""
+def test_fast_inference_path_is_taken_for_t5_and_equals_the_plain_forward(family_dir, monkeypatch):
+    """T5's positions are relative and padded keys masked (mT5's and umT5's too): chunks trimmed to their own
+    length are exact."""
     from densekit.modeling import fast_inference
 
+    _, folder = family_dir
     texts = TEXTS * 3
-    batch = dict(tokenize(t5_dir, texts))
-    model = load(t5_dir, projection_dim=5)
+    batch = dict(tokenize(folder, texts))
+    model = load(folder, projection_dim=5)
     calls = []
     real = fast_inference.ChunkedParallelForward.__call__
     monkeypatch.setattr(fast_inference.ChunkedParallelForward, "__call__",
@@ -162,43 +173,6 @@ def test_fast_inference_path_is_taken_for_t5_and_equals_the_plain_forward(t5_dir
         plain = model.encode_passage(batch)
     assert calls and fast.shape == (len(texts), 5)
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("family", ["mt5", "umt5"])
-def test_mt5_and_umt5_load_their_encoder_pool_like_by_hand_take_the_fast_path_and_reload(family, tmp_path,
-                                                                                          monkeypatch):
-    """mT5 and umT5 (a position bias in every layer) checkpoints go the T5 way: their own encoder-only class,
-    mean pooling equal to transformers' encoder by hand, the chunked fast path equal to the plain forward, and a
-    saved model that reloads to the same vectors."""
-    import transformers
-    from densekit.modeling import fast_inference
-
-    folder = build_tiny_t5(tmp_path / family, family=family, seed=4)
-    encoder_class = {"mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[family]
-    model = load(folder)
-    assert type(model.encoder.model).__name__ == encoder_class
-    batch = dict(tokenize(folder, TEXTS * 3))
-    with torch.inference_mode():
-        hidden = getattr(transformers, encoder_class).from_pretrained(str(folder)).eval()(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        expected = (hidden * mask).sum(1) / mask.sum(1)
-        calls = []
-        real = fast_inference.ChunkedParallelForward.__call__
-        monkeypatch.setattr(fast_inference.ChunkedParallelForward, "__call__",
-                            lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-        torch.set_num_threads(2)  # restored by conftest's one_torch_thread
-        fast = model.encode_passage(batch)
-        assert calls, "the fast inference path was not taken"
-        model.encoder.fast_inference = False
-        plain = model.encode_passage(batch)
-    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
-    model.save_pretrained(tmp_path / "saved", tokenizer=AutoTokenizer.from_pretrained(str(folder)))
-    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == [encoder_class]
-    reloaded = BiEncoderRetriever.from_pretrained(tmp_path / "saved").eval()
-    reloaded.encoder.fast_inference = False
-    with torch.inference_mode():
-        torch.testing.assert_close(reloaded.encode_passage(batch), plain, atol=0, rtol=0)
 
 
 def test_lora_t5_saved_as_adapters_reloads_onto_the_encoder(t5_dir, tmp_path):

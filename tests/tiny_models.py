@@ -34,6 +34,10 @@ def make_tokenizer(directory: Path, tokenizer_class: str = "BertTokenizer"):
         return getattr(transformers, tokenizer_class)(vocab=str(write_vocab(Path(scratch) / "vocab.txt")))
 
 
+#: transformers' class-name prefix of each T5 family build_tiny_t5 builds
+T5_FAMILIES = {"t5": "T5", "mt5": "MT5", "umt5": "UMT5"}
+
+
 def build_tiny_t5(directory: Path, *, dropout: float = 0.0, seed: int = 0, full: bool = True,
                   family: str = "t5") -> Path:
     """A 2-layer, 16-wide T5 saved as ``T5ForConditionalGeneration`` (``full``: encoder and decoder, as the
@@ -42,7 +46,7 @@ def build_tiny_t5(directory: Path, *, dropout: float = 0.0, seed: int = 0, full:
     import torch
     import transformers
 
-    prefix = {"t5": "T5", "mt5": "MT5", "umt5": "UMT5"}[family]
+    prefix = T5_FAMILIES[family]
     config_class = getattr(transformers, f"{prefix}Config")
     model_class = getattr(transformers, f"{prefix}ForConditionalGeneration" if full else f"{prefix}EncoderModel")
     tokenizer = make_tokenizer(directory)
