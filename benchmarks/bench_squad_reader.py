@@ -89,13 +89,6 @@ def retrieve(out: Path, splits: list[str], depth: int, limit: int | None) -> Non
               f"{time.time() - started:.0f}s so far")
 
 
-def densekit(args: list[str], log: Path, time_limit: float | None = None) -> tuple[float, bool]:
-    """``densekit ARGS`` under ``nice -n 10`` (one heavy job at a time on a shared machine), output in ``log``;
-    returns ``(wall seconds, stopped by the time limit)``."""
-    ran = run_densekit(args, log=log, time_limit=time_limit, nice=10)
-    return ran.seconds, ran.stopped
-
-
 def subset(source: Path, target: Path, count: int | None, seed: int, depth: int) -> Path:
     """``count`` questions of a results file drawn at random (seeded), so a subset spans every article (the whole
     file, shuffled, when ``count`` is None), each with its first ``depth`` passages (a smaller file to cache)."""
@@ -162,7 +155,7 @@ def stage_train(out: Path, rest: list[str]) -> None:
         else out / "train_results.json")
     train_file = subset(source, out / "train_subset.json", args.questions, args.seed, depth=30)
     started = time.time()
-    seconds, stopped = densekit([
+    ran = run_densekit([
         "reader", "train", "--model_name_or_path", bundled_model(), "--train_file", str(train_file),
         "--gold_passages", str(SQUAD / "retriever" / "train.json"), "--output_dir", str(out / "reader"),
         "--sequence_length", str(args.sequence_length), "--passages_per_question", str(args.passages_per_question),
@@ -171,12 +164,12 @@ def stage_train(out: Path, rest: list[str]) -> None:
         "--num_train_epochs", "1", *(["--bf16", "true"] if args.bf16 else []),
         "--max_steps", str(args.max_steps), "--logging_steps", "5", "--save_steps", str(args.save_steps),
         "--save_total_limit", "3", "--seed", str(args.seed), "--disable_tqdm", "true",
-        "--dataloader_num_workers", "0"], out / "train.log", time_limit=args.time_limit_minutes * 60)
+        "--dataloader_num_workers", "0"], log=out / "train.log", time_limit=args.time_limit_minutes * 60, nice=10)
     reader = out / "reader"
-    if stopped:
+    if ran.stopped:
         reader = checkpoint_before(out / "reader", started + args.time_limit_minutes * 60)
     (out / "reader_path.txt").write_text(str(reader), encoding="utf-8")
-    print(f"train: {source} ({args.questions or 'all'} questions), {seconds / 60:.1f} min; reader: {reader}")
+    print(f"train: {source} ({args.questions or 'all'} questions), {ran.seconds / 60:.1f} min; reader: {reader}")
 
 
 def stage_predict(out: Path, rest: list[str]) -> None:
@@ -194,12 +187,13 @@ def stage_predict(out: Path, rest: list[str]) -> None:
     reader = args.reader or (out / "reader_path.txt").read_text(encoding="utf-8").strip()
     dev_file = subset(source, out / "dev_subset.json", args.questions, args.seed, depth=max(args.top_docs))
     common = ["--model_name_or_path", reader, "--reader_cache_dir", str(out / "reader_cache"), "--dev_batch_size", "20"]
-    gold_seconds, _ = densekit(["reader", "predict", *common, "--dev_file", str(gold_results(out, dev_file)),
+    gold_run = run_densekit(["reader", "predict", *common, "--dev_file", str(gold_results(out, dev_file)),
                              "--output_dir", str(out / "pred_gold"), "--eval_top_docs", "1",
-                             "--passages_per_question_predict", "1"], out / "predict_gold.log")
-    seconds, _ = densekit(["reader", "predict", *common, "--dev_file", str(dev_file), "--output_dir",
-                        str(out / "pred_retrieved"), "--eval_top_docs", *map(str, args.top_docs),
-                        "--passages_per_question_predict", str(max(args.top_docs))], out / "predict.log")
+                             "--passages_per_question_predict", "1"], log=out / "predict_gold.log", nice=10)
+    retrieved_run = run_densekit(["reader", "predict", *common, "--dev_file", str(dev_file), "--output_dir",
+                                  str(out / "pred_retrieved"), "--eval_top_docs", *map(str, args.top_docs),
+                                  "--passages_per_question_predict", str(max(args.top_docs))],
+                                 log=out / "predict.log", nice=10)
     gold = json.loads((out / "pred_gold" / "metrics.json").read_text())["aggregate"]
     retrieved = json.loads((out / "pred_retrieved" / "metrics.json").read_text())["aggregate"]
     with open(dev_file, encoding="utf-8") as handle:
@@ -211,7 +205,7 @@ def stage_predict(out: Path, rest: list[str]) -> None:
         hit = sum(any(c["has_answer"] for c in e["ctxs"][:k]) for e in entries) / len(entries)
         print(f"| top-{k} retrieved | {hit:.4f} | {retrieved[f'EM@{k}']:.4f} | {retrieved[f'F1@{k}']:.4f} |")
     print(f"| gold paragraph | 1.0000 | {gold['EM@1']:.4f} | {gold['F1@1']:.4f} |")
-    print(f"predict wall: retrieved {seconds / 60:.1f} min, gold {gold_seconds / 60:.1f} min")
+    print(f"predict wall: retrieved {retrieved_run.seconds / 60:.1f} min, gold {gold_run.seconds / 60:.1f} min")
 
 
 

@@ -39,8 +39,8 @@ STAGES = ("base", "stage1", "mined", "stage2")
 MEASURES = ("nDCG@10", "Recall@100", "MRR@10")
 RECIPES = ("auto", "multi_positive", "mined")
 MULTI_POSITIVE_MIN = 1.5  # judged positives per training query from which stage 1 is multi-positive
-# Stage-1 settings left unset (None) on the command line, per recipe (chosen on NFCorpus and SciFact dev,
-# benchmarks/README.md).
+# Settings left unset (None) on the command line, per recipe (chosen on NFCorpus and SciFact dev,
+# benchmarks/README.md); the training passage length serves both stages.
 RECIPE_DEFAULTS = {
     # NFCorpus dev (benchmarks/README.md, issue 14): training passages as long as the evaluation's (256 tokens;
     # its abstracts are long) gave stage 1 0.3381 against 0.3272 at 128 tokens.
